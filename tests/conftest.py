@@ -1,0 +1,100 @@
+"""Shared fixtures: real PostgreSQL and Redis, an app bound to them, signed deliveries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import text
+
+from tests.support.services import claimed_redis_database, temporary_postgres_database
+from tests.support.signing import TEST_SECRET, delivery
+from webhooks_app import create_app
+from webhooks_app.cli import alembic_config
+from webhooks_app.config import Settings
+from webhooks_app.service import Service
+from webhooks_app.signatures import parse_secrets
+from webhooks_app.store import Base
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session."""
+    with temporary_postgres_database() as url:
+        config = alembic_config(url)
+        config.attributes["configure_logging"] = False
+        command.upgrade(config, "head")
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with claimed_redis_database() as url:
+        yield url
+
+
+@pytest.fixture
+def settings(postgres_url: str, redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=postgres_url,
+        broker_url=redis_url,
+        webhook_secrets=parse_secrets([TEST_SECRET]),
+        admin_api_token=ADMIN_TOKEN,
+        handlers_module="tests.support.handlers",
+        instance_dir=tmp_path / "instance",
+        secret_key="test-secret-key",
+        retry_base_seconds=0.1,
+        retry_max_seconds=1.0,
+        handler_lease_seconds=3,
+        broker_visibility_timeout=10,
+        handoff_grace_seconds=2,
+        testing=True,
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    app = create_app(settings)
+    yield app
+    service: Service = app.extensions["webhooks"]
+    service.relay.flush()
+    with service.db.engine.begin() as connection:
+        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+    service.db.dispose()
+
+
+@pytest.fixture
+def service(app: Flask) -> Service:
+    svc: Service = app.extensions["webhooks"]
+    return svc
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def post_event(client: FlaskClient) -> Callable[..., Any]:
+    """POST a signed delivery: ``post_event("chat.completion", {"id": "chat_1"}, msg_id=...)``."""
+
+    def post(
+        event_type: str = "chat.completion", data: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Any:
+        body, headers = delivery(event_type, data, **kwargs)
+        return client.post("/webhooks/events", data=body, headers=headers)
+
+    return post
+
+
+@pytest.fixture
+def auth_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}

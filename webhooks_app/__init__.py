@@ -1,0 +1,56 @@
+"""Assisters Webhooks: receive, verify, store and process Assisters API webhook events."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from webhooks_app.config import Settings
+from webhooks_app.dispatch import Dispatcher, Relay
+from webhooks_app.events import Event
+from webhooks_app.extensions import Database, celery_init_app, celery_publisher
+from webhooks_app.registry import load_handlers, on, registry
+from webhooks_app.service import Service
+
+__all__ = ["Event", "Settings", "create_app", "on"]
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__, instance_path=str(settings.instance_dir.resolve()))
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        TESTING=settings.testing,
+    )
+    # One proxy (the platform's router) sets X-Forwarded-For/-Proto in front of gunicorn.
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    db = Database()
+    db.configure(settings)
+    celery = celery_init_app(app, settings)
+    load_handlers(settings.handlers_module)
+    publish = celery_publisher(celery)
+    app.extensions["webhooks"] = Service(
+        settings=settings,
+        db=db,
+        celery=celery,
+        registry=registry,
+        relay=Relay(db.sessions, publish, settings),
+        dispatcher=Dispatcher(db.sessions, registry, settings),
+        publish=publish,
+    )
+
+    from webhooks_app import api, cli, errors, health, receiver
+
+    errors.register_error_handlers(app)
+    app.register_blueprint(receiver.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(api.bp)
+    cli.register(app)
+    return app

@@ -1,0 +1,62 @@
+"""``flask`` commands: database migrations and delivery upkeep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from alembic import command
+from alembic.config import Config
+from flask import Flask
+from flask.cli import AppGroup
+
+from webhooks_app import dispatch
+from webhooks_app.service import current_service
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.attributes["database_url"] = database_url
+    return config
+
+
+db_cli = AppGroup("db", help="Database migrations (Alembic).")
+
+
+@db_cli.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    command.upgrade(alembic_config(current_service().settings.database_url), revision)
+
+
+@db_cli.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION."""
+    command.downgrade(alembic_config(current_service().settings.database_url), revision)
+
+
+@db_cli.command("current")
+def db_current() -> None:
+    """Show the applied revision."""
+    command.current(alembic_config(current_service().settings.database_url))
+
+
+events_cli = AppGroup("events", help="Stored events.")
+
+
+@events_cli.command("sweep")
+def events_sweep() -> None:
+    """Hand every overdue event to the broker now (beat does this every few seconds)."""
+    service = current_service()
+    count = dispatch.sweep(service.db.sessions, service.publish, service.settings)
+    click.echo(f"re-published {count} overdue events")
+
+
+def register(app: Flask) -> None:
+    app.cli.add_command(db_cli)
+    app.cli.add_command(events_cli)

@@ -1,0 +1,107 @@
+"""Settings read once from the environment and validated, so a bad value stops startup."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from webhooks_app.signatures import Secret, SecretFormatError, parse_secrets
+
+INSTANCE_DIR = Path(os.environ.get("INSTANCE_DIR", Path.cwd() / "instance"))
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message names the variable, never its value."""
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept PaaS-style ``postgres://`` URLs and pick the psycopg 3 driver for PostgreSQL."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _default_database_url() -> str:
+    return f"sqlite:///{INSTANCE_DIR / 'webhooks.sqlite3'}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = field(default_factory=_default_database_url)
+    # Empty means the embedded broker: Kombu's filesystem transport under INSTANCE_DIR.
+    broker_url: str = ""
+    webhook_secrets: tuple[Secret, ...] = ()
+    webhook_tolerance_seconds: int = 300
+    max_body_bytes: int = 1024 * 1024
+    handlers_module: str = "handlers"
+    admin_api_token: str | None = None
+    secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
+    # Delivery guarantees (see README, "How delivery is guaranteed").
+    default_max_attempts: int = 5
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    handler_lease_seconds: int = 30
+    broker_visibility_timeout: int = 60
+    sweep_interval_seconds: float = 10.0
+    handoff_grace_seconds: int = 10
+    requeue_after_seconds: int = 600
+    instance_dir: Path = INSTANCE_DIR
+    testing: bool = False
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+
+        def integer(name: str, default: int, minimum: int = 0) -> int:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be an integer") from None
+            if value < minimum:
+                raise ConfigError(f"{name} must be at least {minimum}")
+            return value
+
+        raw_secrets = [s for s in env.get("WEBHOOK_SECRETS", "").split(",") if s.strip()]
+        try:
+            webhook_secrets = parse_secrets(raw_secrets)
+        except SecretFormatError as exc:
+            raise ConfigError(f"WEBHOOK_SECRETS: {exc}") from None
+
+        database_url = env.get("DATABASE_URL", "").strip()
+        broker_url = (env.get("CELERY_BROKER_URL") or env.get("REDIS_URL") or "").strip()
+        return cls(
+            database_url=normalize_database_url(database_url)
+            if database_url
+            else defaults.database_url,
+            broker_url=broker_url,
+            webhook_secrets=webhook_secrets,
+            webhook_tolerance_seconds=integer("WEBHOOK_TOLERANCE_SECONDS", 300),
+            max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes, minimum=1),
+            handlers_module=env.get("HANDLERS_MODULE", "").strip() or "handlers",
+            admin_api_token=env.get("ADMIN_API_TOKEN", "").strip() or None,
+            secret_key=env.get("SECRET_KEY", "").strip() or defaults.secret_key,
+            default_max_attempts=integer("HANDLER_MAX_ATTEMPTS", 5, minimum=1),
+            handler_lease_seconds=integer("HANDLER_LEASE_SECONDS", 30, minimum=1),
+            broker_visibility_timeout=integer("BROKER_VISIBILITY_TIMEOUT", 60, minimum=1),
+        )

@@ -1,0 +1,480 @@
+"""Getting stored events to their handlers, once each.
+
+* The **relay** hands committed events to the broker from a background thread, so the request
+  that stored an event answers without waiting for Redis. If the broker is down, the event
+  simply stays ``received``.
+* The **sweep** (Celery beat) re-publishes every event whose ``due_at`` has passed: never handed
+  off, lost by the broker, or waiting for a retry that was too far off for a countdown.
+* **process_event** runs an event's handlers. Each (event, handler) is *claimed* with a single
+  conditional UPDATE and a lease that a keeper thread renews while the handler runs. A second
+  delivery of the same event therefore finds the claim taken, or the handler already succeeded,
+  and does nothing; a worker killed mid-handler stops renewing, and the next delivery takes over
+  once the lease runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from webhooks_app import store
+from webhooks_app.config import Settings
+from webhooks_app.events import Event
+from webhooks_app.registry import Handler, Registry
+from webhooks_app.store import AttemptStatus, EventStatus, HandlerStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Sequence[str]], None]
+
+
+# --- hand-off -------------------------------------------------------------------------------
+
+
+class Relay:
+    """Publishes stored event ids from a per-process background thread, in batches."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], publish: Publish, settings: Settings
+    ) -> None:
+        self._sessions = sessions
+        self._publish = publish
+        self._requeue_after = timedelta(seconds=settings.requeue_after_seconds)
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def submit(self, event_id: str) -> None:
+        self._ensure_thread()
+        self._idle.clear()
+        self._queue.put(event_id)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything submitted so far was handled (tests and shutdown)."""
+        return self._idle.wait(timeout)
+
+    def _ensure_thread(self) -> None:
+        # A thread does not survive fork(): start one per process, on first use.
+        if self._pid == os.getpid() and self._thread is not None:
+            return
+        with self._lock:
+            if self._pid != os.getpid() or self._thread is None:
+                self._queue = queue.SimpleQueue()
+                self._thread = threading.Thread(target=self._run, name="event-relay", daemon=True)
+                self._pid = os.getpid()
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < 500:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            ids = [event_id for event_id in batch if event_id is not None]
+            try:
+                self.hand_off(ids)
+            except Exception:
+                # Nothing is lost: the events stay ``received`` and the sweep hands them over.
+                log.warning(
+                    "hand-off of %d events failed; the sweep will retry", len(ids), exc_info=True
+                )
+            if self._queue.empty():
+                self._idle.set()
+
+    def hand_off(self, event_ids: Sequence[str]) -> None:
+        if not event_ids:
+            return
+        self._publish(event_ids)
+        with self._sessions.begin() as session:
+            store.mark_queued(session, event_ids, requeue_after=self._requeue_after)
+
+
+def sweep(
+    sessions: sessionmaker[Session], publish: Publish, settings: Settings, *, limit: int = 1000
+) -> int:
+    """Re-publish overdue events; returns how many. Safe to run anywhere, any number of times."""
+    now = utcnow()
+    with sessions.begin() as session:
+        overdue = store.overdue_event_ids(session, now=now, limit=limit)
+    if not overdue:
+        return 0
+    publish(overdue)
+    with sessions.begin() as session:
+        store.postpone_due(
+            session, overdue, until=now + timedelta(seconds=settings.requeue_after_seconds)
+        )
+        store.mark_queued(
+            session, overdue, requeue_after=timedelta(seconds=settings.requeue_after_seconds)
+        )
+    log.info("sweep re-published %d overdue events", len(overdue))
+    return len(overdue)
+
+
+# --- running handlers -------------------------------------------------------------------------
+
+
+def backoff_seconds(attempt: int, *, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: about 1 s, 2 s, 4 s, ... (plus up to half again)."""
+    delay: float = min(cap, base * 2.0 ** (attempt - 1))
+    return delay + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not cryptography
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """Run ``handler`` again in ``delay`` seconds: a retry, or a claim held elsewhere."""
+
+    handler: str
+    delay: float
+
+
+@dataclass
+class Outcome:
+    ran: list[str] = field(default_factory=list)
+    follow_ups: list[FollowUp] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Claim:
+    handler: Handler
+    token: int  # the handler's attempt counter after the claim; proves the claim is still ours
+    number: int
+    attempt_id: int
+
+
+class LeaseKeeper:
+    """Renews the leases of the handlers this process is running, from one daemon thread."""
+
+    def __init__(self, sessions: sessionmaker[Session], lease: timedelta) -> None:
+        self._sessions = sessions
+        self._lease = lease
+        self._held: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def hold(self, event_id: str, handler: str, token: int) -> None:
+        self._ensure_thread()
+        with self._lock:
+            self._held[(event_id, handler)] = token
+
+    def release(self, event_id: str, handler: str) -> None:
+        with self._lock:
+            self._held.pop((event_id, handler), None)
+
+    def _ensure_thread(self) -> None:
+        if self._pid != os.getpid() or self._thread is None:
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        interval = max(self._lease.total_seconds() / 3, 0.2)
+        stop = threading.Event()
+        while not stop.wait(interval):
+            with self._lock:
+                held = dict(self._held)
+            if held:
+                try:
+                    self.renew(held)
+                except Exception:
+                    log.warning("could not renew handler leases", exc_info=True)
+
+    def renew(self, held: dict[tuple[str, str], int]) -> None:
+        states = store.handler_states
+        with self._sessions.begin() as session:
+            for (event_id, handler), token in held.items():
+                session.execute(
+                    update(states)
+                    .where(
+                        states.c.event_id == event_id,
+                        states.c.handler == handler,
+                        states.c.status == HandlerStatus.RUNNING.value,
+                        states.c.attempts == token,
+                    )
+                    .values(lease_until=utcnow() + self._lease)
+                )
+
+
+class Dispatcher:
+    """Runs the registered handlers of one stored event; every step is safe to repeat."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], registry: Registry, settings: Settings
+    ) -> None:
+        self._sessions = sessions
+        self._registry = registry
+        self._settings = settings
+        self._lease = timedelta(seconds=settings.handler_lease_seconds)
+        self._grace = timedelta(seconds=settings.handoff_grace_seconds)
+        self.leases = LeaseKeeper(sessions, self._lease)
+
+    def process_event(self, event_id: str, only_handler: str | None = None) -> Outcome:
+        outcome = Outcome()
+        with self._sessions.begin() as session:
+            loaded = self._load(session, event_id)
+        if loaded is None:
+            log.info("event %s no longer exists; nothing to do", event_id)
+            return outcome
+        event, handlers = loaded
+        for handler in handlers:
+            if only_handler is not None and handler.name != only_handler:
+                continue
+            claim, wait = self._claim(event, handler)
+            if claim is None:
+                if wait is not None:
+                    outcome.follow_ups.append(FollowUp(handler.name, wait))
+                continue
+            error = self._run(event, claim)
+            retry_in = self._record(event, claim, error)
+            outcome.ran.append(handler.name)
+            if retry_in is not None:
+                outcome.follow_ups.append(FollowUp(handler.name, retry_in))
+        return outcome
+
+    def _load(self, session: Session, event_id: str) -> tuple[Event, list[Handler]] | None:
+        row = session.execute(
+            select(store.events.c.type, store.events.c.payload, store.events.c.received_at).where(
+                store.events.c.id == event_id
+            )
+        ).first()
+        if row is None:
+            return None
+        handlers = self._registry.for_type(row.type)
+        payload = row.payload
+        event = Event(
+            id=event_id,
+            type=row.type,
+            data=payload.get("data", {}),
+            payload=payload,
+            received_at=row.received_at,
+        )
+        now = utcnow()
+        if handlers:
+            values = [
+                {
+                    "event_id": event_id,
+                    "handler": h.name,
+                    "status": HandlerStatus.PENDING.value,
+                    "attempts": 0,
+                    "max_attempts": h.max_attempts or self._settings.default_max_attempts,
+                    "updated_at": now,
+                }
+                for h in handlers
+            ]
+            dialect = session.get_bind().dialect.name
+            insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            session.execute(insert_(store.handler_states).values(values).on_conflict_do_nothing())
+        # Handlers known from earlier runs but since removed from handlers.py are left as they are.
+        self._refresh_status(session, event_id, now)
+        return event, handlers
+
+    def _claim(self, event: Event, handler: Handler) -> tuple[_Claim | None, float | None]:
+        """Take (event, handler) if it is due; returns (claim, None) or (None, seconds to wait)."""
+        states = store.handler_states
+        now = utcnow()
+        key = (states.c.event_id == event.id, states.c.handler == handler.name)
+        with self._sessions.begin() as session:
+            before = session.execute(
+                select(
+                    states.c.status,
+                    states.c.attempts,
+                    states.c.lease_until,
+                    states.c.next_attempt_at,
+                ).where(*key)
+            ).first()
+            if before is None:
+                return None, None
+            claimable = (
+                before.status == HandlerStatus.PENDING.value
+                or (before.status == HandlerStatus.FAILED.value and before.next_attempt_at <= now)
+                or (before.status == HandlerStatus.RUNNING.value and before.lease_until <= now)
+            )
+            if not claimable:
+                return None, self._wait_for(before, now)
+            token = before.attempts + 1
+            # The conditional UPDATE is the claim: of two racing workers, one matches a row.
+            claimed = session.execute(
+                update(states)
+                .where(*key, states.c.status == before.status, states.c.attempts == before.attempts)
+                .values(
+                    status=HandlerStatus.RUNNING.value,
+                    attempts=token,
+                    lease_until=now + self._lease,
+                    next_attempt_at=None,
+                    updated_at=now,
+                )
+            ).rowcount  # type: ignore[attr-defined]
+            if claimed != 1:
+                return None, self._lease.total_seconds()
+            if before.status == HandlerStatus.RUNNING.value:
+                self._abandon_running(session, event.id, handler.name, now)
+            number = (
+                session.execute(
+                    select(func.coalesce(func.max(store.attempts.c.number), 0)).where(
+                        store.attempts.c.event_id == event.id,
+                        store.attempts.c.handler == handler.name,
+                    )
+                ).scalar_one()
+                + 1
+            )
+            attempt_id = session.execute(
+                insert(store.attempts)
+                .values(
+                    event_id=event.id,
+                    handler=handler.name,
+                    number=number,
+                    status=AttemptStatus.RUNNING.value,
+                    started_at=now,
+                )
+                .returning(store.attempts.c.id)
+            ).scalar_one()
+            self._refresh_status(session, event.id, now)
+        self.leases.hold(event.id, handler.name, token)
+        return _Claim(handler, token, number, attempt_id), None
+
+    @staticmethod
+    def _wait_for(state: Row[Any, Any, Any, Any], now: datetime) -> float | None:
+        if state.status == HandlerStatus.RUNNING.value:
+            lease_until: datetime = state.lease_until
+            return max((lease_until - now).total_seconds(), 0.0) + 1
+        return None  # finished, or failed with its own retry already scheduled
+
+    def _abandon_running(
+        self, session: Session, event_id: str, handler: str, now: datetime
+    ) -> None:
+        session.execute(
+            update(store.attempts)
+            .where(
+                store.attempts.c.event_id == event_id,
+                store.attempts.c.handler == handler,
+                store.attempts.c.status == AttemptStatus.RUNNING.value,
+            )
+            .values(
+                status=AttemptStatus.ABANDONED.value,
+                finished_at=now,
+                error="The worker running this attempt stopped (its lease expired).",
+            )
+        )
+
+    def _run(self, event: Event, claim: _Claim) -> BaseException | None:
+        try:
+            claim.handler.func(
+                Event(
+                    event.id, event.type, event.data, event.payload, event.received_at, claim.number
+                )
+            )
+        except Exception as exc:
+            log.warning("handler %s failed on event %s: %r", claim.handler.name, event.id, exc)
+            return exc
+        finally:
+            self.leases.release(event.id, claim.handler.name)
+        return None
+
+    def _record(self, event: Event, claim: _Claim, error: BaseException | None) -> float | None:
+        states = store.handler_states
+        now = utcnow()
+        retry_in: float | None = None
+        with self._sessions.begin() as session:
+            state = session.execute(
+                select(states.c.attempts, states.c.max_attempts, states.c.status).where(
+                    states.c.event_id == event.id, states.c.handler == claim.handler.name
+                )
+            ).first()
+            still_ours = (
+                state is not None
+                and state.status == HandlerStatus.RUNNING.value
+                and state.attempts == claim.token
+            )
+            if error is None:
+                attempt_status = AttemptStatus.SUCCEEDED if still_ours else AttemptStatus.ABANDONED
+                new_status = HandlerStatus.SUCCEEDED
+            elif state is not None and claim.token < state.max_attempts:
+                attempt_status, new_status = AttemptStatus.FAILED, HandlerStatus.FAILED
+                retry_in = backoff_seconds(
+                    claim.token,
+                    base=self._settings.retry_base_seconds,
+                    cap=self._settings.retry_max_seconds,
+                )
+            else:
+                attempt_status, new_status = AttemptStatus.FAILED, HandlerStatus.DEAD
+            session.execute(
+                update(store.attempts)
+                .where(store.attempts.c.id == claim.attempt_id)
+                .values(
+                    status=attempt_status.value,
+                    finished_at=now,
+                    error=None if error is None else _describe(error),
+                    traceback=None if error is None else _format_traceback(error),
+                )
+            )
+            if not still_ours:
+                # Our lease ran out and another attempt owns the handler now; it decides.
+                return None
+            session.execute(
+                update(states)
+                .where(states.c.event_id == event.id, states.c.handler == claim.handler.name)
+                .values(
+                    status=new_status.value,
+                    lease_until=None,
+                    next_attempt_at=None if retry_in is None else now + timedelta(seconds=retry_in),
+                    updated_at=now,
+                )
+            )
+            self._refresh_status(session, event.id, now)
+        return retry_in
+
+    def _refresh_status(self, session: Session, event_id: str, now: datetime) -> None:
+        """Derive the event's status (and when the sweep should look again) from its handlers."""
+        events, states = store.events, store.handler_states
+        # Serialize status updates of one event (a no-op on SQLite, whose writers queue anyway).
+        session.execute(select(events.c.id).where(events.c.id == event_id).with_for_update())
+        rows = session.execute(
+            select(states.c.status, states.c.lease_until, states.c.next_attempt_at).where(
+                states.c.event_id == event_id
+            )
+        ).all()
+        statuses = {row.status for row in rows}
+        due: datetime | None = None
+        if not rows:
+            status = EventStatus.SKIPPED
+        elif HandlerStatus.RUNNING.value in statuses or HandlerStatus.PENDING.value in statuses:
+            status = EventStatus.PROCESSING
+            leases = [row.lease_until for row in rows if row.lease_until is not None]
+            due = (max(leases) if leases else now + self._lease) + self._grace
+        elif HandlerStatus.FAILED.value in statuses:
+            status = EventStatus.FAILED
+            due = min(row.next_attempt_at for row in rows if row.next_attempt_at) + self._grace
+        elif HandlerStatus.DEAD.value in statuses:
+            status = EventStatus.DEAD
+        else:
+            status = EventStatus.SUCCEEDED
+        session.execute(
+            update(events)
+            .where(events.c.id == event_id)
+            .values(status=status.value, due_at=due, updated_at=now)
+        )
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:2000]
+
+
+def _format_traceback(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error))[-20000:]

@@ -1,0 +1,163 @@
+"""The database handle and the Celery app, both built from settings in ``create_app``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from celery import Celery, Task
+from flask import Flask
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from webhooks_app.config import Settings
+
+PROCESS_EVENT_TASK = "workers.tasks.process_event"
+SWEEP_TASK = "workers.tasks.sweep"
+
+
+class Database:
+    """The engine and session factory; ``transaction()`` is a unit of work's one commit point."""
+
+    def __init__(self) -> None:
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+
+    def configure(self, settings: Settings, *, pool_size: int = 5) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+        self._engine = make_engine(settings, pool_size=pool_size)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("the database is not configured; call create_app() first")
+        return self._engine
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        if self._sessions is None:
+            raise RuntimeError("the database is not configured; call create_app() first")
+        return self._sessions
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """Commit on success, roll back on error; domain code inside only flushes."""
+        with self.sessions.begin() as session:
+            yield session
+
+    def after_fork(self) -> None:
+        """Forked children must not share the parent's pooled connections."""
+        if self._engine is not None:
+            self._engine.dispose(close=False)
+
+
+def make_engine(settings: Settings, *, pool_size: int = 5) -> Engine:
+    url = settings.database_url
+    if url.startswith("sqlite"):
+        settings.instance_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"isolation_level": None, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_on_connect)
+        # Take the write lock up front: a deferred transaction that later upgrades to a writer
+        # fails at once with "database is locked" instead of waiting for the busy timeout.
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        return engine
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings: late acks and a short visibility timeout make a killed worker's events
+    come back within about a minute; the database, not the broker, prevents a second run."""
+    config: dict[str, Any] = {
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": "webhooks",
+        "worker_prefetch_multiplier": 4,
+        "worker_hijack_root_logger": False,
+        "broker_connection_retry_on_startup": True,
+        # Publishing happens off the request path; when the broker is down, give up quickly:
+        # the event stays ``received`` and the sweep hands it over later.
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.1,
+            "interval_step": 0.2,
+        },
+        "beat_schedule": {
+            "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds},
+        },
+        "beat_schedule_filename": str(settings.instance_dir / "celerybeat-schedule"),
+        "include": ["workers.tasks"],
+    }
+    if settings.uses_embedded_broker:
+        queue_dir = settings.instance_dir / "broker"
+        for sub in ("queue", "processed"):
+            (queue_dir / sub).mkdir(parents=True, exist_ok=True)
+        config["broker_url"] = "filesystem://"
+        config["broker_transport_options"] = {
+            "data_folder_in": str(queue_dir / "queue"),
+            "data_folder_out": str(queue_dir / "queue"),
+            "processed_folder": str(queue_dir / "processed"),
+            "store_processed": False,
+        }
+    else:
+        config["broker_url"] = settings.broker_url
+        config["broker_transport_options"] = {
+            "visibility_timeout": settings.broker_visibility_timeout,
+            # Scan for abandoned (unacked) messages every few seconds, not every 100 s.
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
+            "socket_timeout": 5,
+            "socket_connect_timeout": 3,
+        }
+    return config
+
+
+def celery_init_app(app: Flask, settings: Settings) -> Celery:
+    """Build the Celery app from the Flask app (as in Flask's own Celery example)."""
+
+    class FlaskTask(Task):  # type: ignore[type-arg]
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app: Celery = Celery(app.name, task_cls=FlaskTask)
+    celery_app.config_from_object(celery_config(settings))
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app
+
+
+def celery_publisher(celery_app: Celery) -> Callable[[Sequence[str]], None]:
+    """Publish one ``process_event`` message per id over a single broker connection."""
+
+    def publish(event_ids: Sequence[str]) -> None:
+        with celery_app.producer_or_acquire() as producer:
+            for event_id in event_ids:
+                celery_app.send_task(PROCESS_EVENT_TASK, args=[event_id], producer=producer)
+
+    return publish

@@ -1,0 +1,62 @@
+"""Accepting one delivery: verify the raw bytes, parse, store durably, then hand off."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from webhooks_app import signatures, store
+from webhooks_app.config import Settings
+from webhooks_app.dispatch import Relay
+from webhooks_app.events import parse_envelope
+from webhooks_app.extensions import Database
+from webhooks_app.signatures import HeaderLookup, Secret
+
+# What the admin page shows of a delivery; the body is stored separately, byte for byte.
+KEPT_HEADERS = (
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+    "user-agent",
+)
+
+
+class Intake:
+    def __init__(
+        self,
+        db: Database,
+        relay: Relay,
+        settings: Settings,
+        active_secrets: Callable[[], tuple[Secret, ...]],
+    ) -> None:
+        self._db = db
+        self._relay = relay
+        self._tolerance = settings.webhook_tolerance_seconds
+        self._grace = timedelta(seconds=settings.handoff_grace_seconds)
+        self._active_secrets = active_secrets
+
+    def receive(self, headers: HeaderLookup, body: bytes) -> store.IngestResult:
+        """Raises ``VerificationError`` (401), ``EnvelopeError`` (400) or a database error (503).
+
+        Returns only after the event is committed; a repeated webhook-id is reported, not stored.
+        """
+        delivery = signatures.verify(
+            self._active_secrets(), headers, body, tolerance_seconds=self._tolerance
+        )
+        envelope = parse_envelope(body)
+        with self._db.transaction() as session:
+            result = store.ingest(
+                session,
+                event_id=delivery.msg_id,
+                event_type=envelope.type,
+                payload=envelope.payload,
+                raw_body=body,
+                headers={name: headers[name] for name in KEPT_HEADERS if name in headers},
+                data_id=envelope.data_id,
+                webhook_timestamp=delivery.timestamp,
+                handoff_grace=self._grace,
+            )
+        if result.created:
+            self._relay.submit(result.id)
+        return result

@@ -1,0 +1,47 @@
+"""The running service's parts, wired once per process by ``create_app``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from celery import Celery
+from flask import current_app
+
+from webhooks_app.config import Settings
+from webhooks_app.dispatch import Dispatcher, Publish, Relay
+from webhooks_app.extensions import Database
+from webhooks_app.intake import Intake
+from webhooks_app.registry import Registry
+from webhooks_app.signatures import Secret
+
+SecretSource = Callable[[], Iterable[Secret]]
+
+
+@dataclass
+class Service:
+    settings: Settings
+    db: Database
+    celery: Celery
+    registry: Registry
+    relay: Relay
+    dispatcher: Dispatcher
+    publish: Publish
+    intake: Intake = field(init=False)
+    # Where the receiver's active secrets come from: WEBHOOK_SECRETS first; stored
+    # subscription secrets are added by that feature.
+    secret_sources: list[SecretSource] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.intake = Intake(self.db, self.relay, self.settings, self.active_secrets)
+
+    def active_secrets(self) -> tuple[Secret, ...]:
+        found: list[Secret] = list(self.settings.webhook_secrets)
+        for source in self.secret_sources:
+            found.extend(source())
+        return tuple(found)
+
+
+def current_service() -> Service:
+    service: Service = current_app.extensions["webhooks"]
+    return service

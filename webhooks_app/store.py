@@ -1,0 +1,359 @@
+"""The event store: tables and the few queries the rest of the service needs.
+
+Functions here take a ``Session`` and only flush or execute; the caller (one request, one task)
+owns the single commit. Hot-path statements use SQLAlchemy Core: no ORM objects per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, cast
+
+import orjson
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    and_,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return (
+            value.astimezone(UTC)
+            if dialect.name != "sqlite"
+            else value.astimezone(UTC).replace(tzinfo=None)
+        )
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONDocument = JSON().with_variant(postgresql.JSONB(), "postgresql")
+# Autoincrementing 64-bit keys: SQLite only autoincrements a plain INTEGER primary key.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class EventStatus(StrEnum):
+    RECEIVED = "received"  # stored, not yet handed to the broker
+    QUEUED = "queued"  # handed to the broker
+    PROCESSING = "processing"  # a handler is running
+    SUCCEEDED = "succeeded"  # every handler succeeded
+    FAILED = "failed"  # a handler failed and will be retried
+    DEAD = "dead"  # a handler exhausted its attempts
+    SKIPPED = "skipped"  # no handler for this type
+
+
+TERMINAL_STATUSES = frozenset({EventStatus.SUCCEEDED, EventStatus.DEAD, EventStatus.SKIPPED})
+
+
+class HandlerStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # will be retried at next_attempt_at
+    DEAD = "dead"
+
+
+class AttemptStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ABANDONED = "abandoned"  # its worker died; the lease expired and another attempt took over
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # the webhook-id
+    type: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), default=EventStatus.RECEIVED)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    raw_body: Mapped[bytes] = mapped_column(LargeBinary)
+    headers: Mapped[dict[str, str]] = mapped_column(JSONDocument)
+    data_id: Mapped[str | None] = mapped_column(String(255))
+    webhook_timestamp: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # When a non-final event should next have moved on; the sweep re-publishes those past it.
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    handlers: Mapped[list[HandlerStateRow]] = relationship(
+        back_populates="event", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    __table_args__ = (
+        Index("ix_events_received_at_id", "received_at", "id"),
+        Index("ix_events_type_received_at", "type", "received_at"),
+        Index("ix_events_status_received_at", "status", "received_at"),
+        Index("ix_events_data_id", "data_id"),
+        Index("ix_events_due_at", "due_at"),
+    )
+
+
+class HandlerStateRow(Base):
+    """Where one handler stands for one event: the unit that is claimed, retried and finished."""
+
+    __tablename__ = "event_handlers"
+
+    event_id: Mapped[str] = mapped_column(
+        ForeignKey("events.id", ondelete="CASCADE"), primary_key=True
+    )
+    handler: Mapped[str] = mapped_column(String(255), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), default=HandlerStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # in the current run
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    event: Mapped[EventRow] = relationship(back_populates="handlers")
+
+
+class AttemptRow(Base):
+    """One run of one handler on one event; never rewritten once finished."""
+
+    __tablename__ = "handler_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    handler: Mapped[str] = mapped_column(String(255))
+    number: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index(
+            "ix_handler_attempts_event_handler_number", "event_id", "handler", "number", unique=True
+        ),
+        # The database itself refuses a second success of one handler on one event.
+        Index(
+            "uq_handler_attempts_one_success",
+            "event_id",
+            "handler",
+            unique=True,
+            postgresql_where=(status == AttemptStatus.SUCCEEDED.value),
+            sqlite_where=(status == AttemptStatus.SUCCEEDED.value),
+        ),
+    )
+
+
+events = cast(Table, EventRow.__table__)
+handler_states = cast(Table, HandlerStateRow.__table__)
+attempts = cast(Table, AttemptRow.__table__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- intake -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    id: str
+    created: bool
+
+
+def ingest(
+    session: Session,
+    *,
+    event_id: str,
+    event_type: str,
+    payload: dict[str, Any],
+    raw_body: bytes,
+    headers: dict[str, str],
+    data_id: str | None,
+    webhook_timestamp: int,
+    handoff_grace: timedelta,
+    now: datetime | None = None,
+) -> IngestResult:
+    """Insert the event unless its id is already stored; concurrent duplicates store one row.
+
+    ``INSERT ... ON CONFLICT DO NOTHING`` makes the unique key decide, so two deliveries racing
+    on one id never both report ``created``.
+    """
+    received_at = now or utcnow()
+    values = {
+        "id": event_id,
+        "type": event_type,
+        "status": EventStatus.RECEIVED.value,
+        "payload": payload,
+        "raw_body": raw_body,
+        "headers": headers,
+        "data_id": data_id,
+        "webhook_timestamp": webhook_timestamp,
+        "received_at": received_at,
+        "updated_at": received_at,
+        "due_at": received_at + handoff_grace,
+    }
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = (
+        insert(events)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(events.c.id)
+    )
+    inserted = session.execute(statement).scalar_one_or_none()
+    return IngestResult(id=event_id, created=inserted is not None)
+
+
+def mark_queued(session: Session, event_ids: Sequence[str], *, requeue_after: timedelta) -> None:
+    """Record that these events were handed to the broker (unless a worker got there first)."""
+    now = utcnow()
+    session.execute(
+        update(events)
+        .where(events.c.id.in_(event_ids), events.c.status == EventStatus.RECEIVED.value)
+        .values(status=EventStatus.QUEUED.value, updated_at=now, due_at=now + requeue_after)
+    )
+
+
+def postpone_due(session: Session, event_ids: Sequence[str], *, until: datetime) -> None:
+    session.execute(update(events).where(events.c.id.in_(event_ids)).values(due_at=until))
+
+
+def overdue_event_ids(session: Session, *, now: datetime, limit: int) -> list[str]:
+    """Events that should have moved on by now: never handed off, lost, or due for a retry."""
+    rows = session.execute(
+        select(events.c.id).where(events.c.due_at <= now).order_by(events.c.due_at).limit(limit)
+    )
+    return list(rows.scalars())
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    type: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    data_id: str | None = None
+
+
+class CursorError(ValueError):
+    pass
+
+
+def encode_cursor(received_at: datetime, event_id: str) -> str:
+    raw = orjson.dumps([received_at.isoformat(), event_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, event_id = orjson.loads(raw)
+        moment = datetime.fromisoformat(stamp)
+    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+        raise CursorError("The cursor is not one this API returned.") from None
+    if moment.tzinfo is None or not isinstance(event_id, str):
+        raise CursorError("The cursor is not one this API returned.")
+    return moment, event_id
+
+
+@dataclass(frozen=True)
+class EventPage:
+    events: list[EventRow]
+    next_cursor: str | None
+
+
+def list_events(
+    session: Session, filters: EventFilter, *, limit: int, cursor: str | None = None
+) -> EventPage:
+    """Newest first, keyset-paginated on (received_at, id): no OFFSET, no COUNT(*)."""
+    query = select(EventRow)
+    if filters.type:
+        query = query.where(EventRow.type == filters.type)
+    if filters.status:
+        query = query.where(EventRow.status == filters.status)
+    if filters.since:
+        query = query.where(EventRow.received_at >= filters.since)
+    if filters.until:
+        query = query.where(EventRow.received_at < filters.until)
+    if filters.data_id:
+        query = query.where(EventRow.data_id == filters.data_id)
+    if cursor:
+        at, event_id = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                EventRow.received_at < at,
+                and_(EventRow.received_at == at, EventRow.id < event_id),
+            )
+        )
+    query = query.order_by(EventRow.received_at.desc(), EventRow.id.desc()).limit(limit + 1)
+    rows = list(session.scalars(query))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].received_at, rows[-1].id)
+    return EventPage(events=rows, next_cursor=next_cursor)
+
+
+def get_event(session: Session, event_id: str) -> EventRow | None:
+    return session.get(EventRow, event_id)
+
+
+def attempts_for(session: Session, event_id: str) -> list[AttemptRow]:
+    return list(
+        session.scalars(
+            select(AttemptRow)
+            .where(AttemptRow.event_id == event_id)
+            .order_by(AttemptRow.started_at, AttemptRow.id)
+        )
+    )
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(select(events.c.status, func.count()).group_by(events.c.status))
+    return {status: count for status, count in rows.tuples()}

@@ -1,0 +1,27 @@
+"""Thin tasks: they take ids, call the core, and are safe to run more than once."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from webhooks_app import dispatch
+from webhooks_app.extensions import PROCESS_EVENT_TASK, SWEEP_TASK
+from webhooks_app.service import current_service
+
+
+@shared_task(name=PROCESS_EVENT_TASK)
+def process_event(event_id: str, handler: str | None = None) -> None:
+    service = current_service()
+    outcome = service.dispatcher.process_event(event_id, only_handler=handler)
+    # A countdown message sits unacknowledged in the worker; past the visibility timeout
+    # Redis would hand out a copy, so longer waits are left to the sweep (``due_at``).
+    longest_countdown = service.settings.broker_visibility_timeout / 2
+    for follow_up in outcome.follow_ups:
+        if follow_up.delay <= longest_countdown:
+            process_event.apply_async((event_id, follow_up.handler), countdown=follow_up.delay)
+
+
+@shared_task(name=SWEEP_TASK)
+def sweep() -> int:
+    service = current_service()
+    return dispatch.sweep(service.db.sessions, service.publish, service.settings)
