@@ -1,0 +1,301 @@
+"""Running handlers: retries, dead letters, independence, claims, leases and the sweep.
+
+These call the Dispatcher in-process against real PostgreSQL; tests/e2e runs the same code in
+real Celery workers.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from webhooks_app import dispatch, store
+from webhooks_app.service import Service
+from webhooks_app.store import AttemptRow, EventRow, HandlerStateRow, utcnow
+
+PostEvent = Callable[..., Any]
+
+
+@pytest.fixture
+def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[dict[str, Any]]]:
+    log = tmp_path / "runs.jsonl"
+    monkeypatch.setenv("TEST_HANDLER_LOG", str(log))
+
+    def read() -> list[dict[str, Any]]:
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    return read
+
+
+def event_status(service: Service, event_id: str) -> str:
+    with service.db.transaction() as session:
+        row = session.get(EventRow, event_id)
+        assert row is not None
+        return row.status
+
+
+def attempts(service: Service, event_id: str) -> list[tuple[str, int, str]]:
+    with service.db.transaction() as session:
+        return [
+            (a.handler.rsplit(".", 1)[-1], a.number, a.status)
+            for a in store.attempts_for(session, event_id)
+        ]
+
+
+def run_until_settled(
+    service: Service, event_id: str, outcome: dispatch.Outcome | None = None, rounds: int = 10
+) -> None:
+    """Play the worker: process, then process again once the follow-ups' delays have passed."""
+    if outcome is None:
+        outcome = service.dispatcher.process_event(event_id)
+    for _ in range(rounds):
+        if not outcome.follow_ups:
+            return
+        time.sleep(max(f.delay for f in outcome.follow_ups))
+        outcome = service.dispatcher.process_event(event_id)
+
+
+def test_success_runs_the_handler_once(post_event: PostEvent, service: Service, runs: Any) -> None:
+    post_event(msg_id="msg_ok")
+    outcome = service.dispatcher.process_event("msg_ok")
+    assert outcome.ran == ["tests.support.handlers.record"]
+    assert outcome.follow_ups == []
+    assert event_status(service, "msg_ok") == "succeeded"
+    assert attempts(service, "msg_ok") == [("record", 1, "succeeded")]
+    assert [r["handler"] for r in runs()] == ["record"]
+
+
+def test_processing_again_never_repeats_a_success(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    post_event(msg_id="msg_again")
+    service.dispatcher.process_event("msg_again")
+    again = service.dispatcher.process_event("msg_again")
+    assert again.ran == []
+    assert len(runs()) == 1
+
+
+def test_failure_is_retried_with_backoff_then_succeeds(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    post_event(data={"id": "chat_r", "fail_handler": "record", "fail_times": 2}, msg_id="msg_retry")
+    first = service.dispatcher.process_event("msg_retry")
+    assert event_status(service, "msg_retry") == "failed"
+    assert len(first.follow_ups) == 1
+    # Backoff with the test settings' 0.1 s base: 0.1-0.15 s, then 0.2-0.3 s.
+    assert 0.1 <= first.follow_ups[0].delay <= 0.15
+    # A retry that comes early is refused: the handler is not due yet.
+    early = service.dispatcher.process_event("msg_retry")
+    assert early.ran == []
+    assert early.follow_ups == []  # the retry already scheduled will come
+    run_until_settled(service, "msg_retry", first)
+    assert event_status(service, "msg_retry") == "succeeded"
+    assert attempts(service, "msg_retry") == [
+        ("record", 1, "failed"),
+        ("record", 2, "failed"),
+        ("record", 3, "succeeded"),
+    ]
+    with service.db.transaction() as session:
+        failed = session.scalars(select(AttemptRow).where(AttemptRow.status == "failed")).all()
+        assert all("planned failure" in (a.error or "") for a in failed)
+        assert all("Traceback" in (a.traceback or "") for a in failed)
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    delays = [dispatch.backoff_seconds(n, base=1, cap=8) for n in range(1, 7)]
+    for n, delay in enumerate(delays[:4], start=1):
+        assert 2 ** (n - 1) <= delay <= 1.5 * 2 ** (n - 1)
+    assert all(8 <= d <= 12 for d in delays[4:])
+
+
+def test_exhausted_attempts_make_the_event_dead(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    # `alert` is registered with max_attempts=3.
+    post_event("model.failed", {"id": "req_1", "fail_handler": "alert"}, msg_id="msg_dead")
+    run_until_settled(service, "msg_dead")
+    assert event_status(service, "msg_dead") == "dead"
+    assert [a[2] for a in attempts(service, "msg_dead")] == ["failed", "failed", "failed"]
+    with service.db.transaction() as session:
+        row = session.get(EventRow, "msg_dead")
+        assert row is not None
+        assert row.due_at is None  # nothing left for the sweep
+    assert service.dispatcher.process_event("msg_dead").ran == []
+
+
+def test_handlers_of_one_event_fail_independently(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    post_event(
+        "multi.step", {"id": "m1", "fail_handler": "step_two", "fail_times": 1}, msg_id="msg_multi"
+    )
+    first = service.dispatcher.process_event("msg_multi")
+    assert sorted(h.rsplit(".", 1)[-1] for h in first.ran) == ["step_one", "step_two"]
+    assert [f.handler.rsplit(".", 1)[-1] for f in first.follow_ups] == ["step_two"]
+    run_until_settled(service, "msg_multi", first)
+    assert event_status(service, "msg_multi") == "succeeded"
+    # step_one succeeded once and was not re-run by step_two's retry.
+    assert sorted((r["handler"], r["attempt"]) for r in runs()) == [
+        ("step_one", 1),
+        ("step_two", 1),
+        ("step_two", 2),
+    ]
+
+
+def test_only_the_named_handler_runs(post_event: PostEvent, service: Service, runs: Any) -> None:
+    post_event("multi.step", {"id": "m2"}, msg_id="msg_one_handler")
+    outcome = service.dispatcher.process_event(
+        "msg_one_handler", only_handler="tests.support.handlers.step_two"
+    )
+    assert outcome.ran == ["tests.support.handlers.step_two"]
+    assert event_status(service, "msg_one_handler") == "processing"
+
+
+def test_a_type_without_handlers_is_skipped(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    post_event("embedding.created", {"id": "e1"}, msg_id="msg_skip")
+    assert service.dispatcher.process_event("msg_skip").ran == []
+    assert event_status(service, "msg_skip") == "skipped"
+    assert runs() == []
+
+
+def test_a_deleted_event_is_nothing_to_do(service: Service) -> None:
+    assert service.dispatcher.process_event("msg_never_stored").ran == []
+
+
+def test_concurrent_deliveries_run_a_handler_once(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    post_event(data={"id": "chat_c", "sleep": 0.5}, msg_id="msg_concurrent")
+    barrier = threading.Barrier(6)
+
+    def deliver() -> None:
+        barrier.wait()
+        service.dispatcher.process_event("msg_concurrent")
+
+    threads = [threading.Thread(target=deliver) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(runs()) == 1
+    assert attempts(service, "msg_concurrent") == [("record", 1, "succeeded")]
+
+
+def test_a_held_claim_asks_to_come_back_after_the_lease(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    post_event(data={"id": "chat_h", "sleep": 1}, msg_id="msg_held")
+    worker = threading.Thread(target=service.dispatcher.process_event, args=("msg_held",))
+    worker.start()
+    time.sleep(0.3)
+    second = service.dispatcher.process_event("msg_held")
+    worker.join()
+    assert second.ran == []
+    assert len(second.follow_ups) == 1
+    assert 0 < second.follow_ups[0].delay <= service.settings.handler_lease_seconds + 1
+    assert len(runs()) == 1
+
+
+def test_an_expired_lease_is_taken_over_and_the_lost_attempt_abandoned(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    post_event(msg_id="msg_lost")
+    # What a worker killed mid-handler leaves behind: a running claim and attempt, no renewals.
+    service.dispatcher.process_event("msg_lost", only_handler="nobody")  # creates the state rows
+    now = utcnow()
+    with service.db.transaction() as session:
+        session.execute(
+            update(store.handler_states)
+            .where(store.handler_states.c.event_id == "msg_lost")
+            .values(status="running", attempts=1, lease_until=now - timedelta(seconds=1))
+        )
+        session.add(
+            AttemptRow(
+                event_id="msg_lost",
+                handler="tests.support.handlers.record",
+                number=1,
+                status="running",
+                started_at=now - timedelta(seconds=5),
+            )
+        )
+    outcome = service.dispatcher.process_event("msg_lost")
+    assert outcome.ran == ["tests.support.handlers.record"]
+    assert attempts(service, "msg_lost") == [("record", 1, "abandoned"), ("record", 2, "succeeded")]
+    assert event_status(service, "msg_lost") == "succeeded"
+
+
+def test_the_lease_is_renewed_while_a_handler_runs(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    lease = service.settings.handler_lease_seconds
+    post_event(data={"id": "chat_long", "sleep": lease * 1.5}, msg_id="msg_long")
+    worker = threading.Thread(target=service.dispatcher.process_event, args=("msg_long",))
+    worker.start()
+    time.sleep(lease * 1.2)
+    # Past the first lease, but renewed: another delivery must not take over.
+    assert service.dispatcher.process_event("msg_long").ran == []
+    worker.join()
+    assert len(runs()) == 1
+    assert event_status(service, "msg_long") == "succeeded"
+
+
+def test_sweep_republishes_overdue_events_only(post_event: PostEvent, service: Service) -> None:
+    post_event(msg_id="msg_overdue")
+    post_event(msg_id="msg_fresh")
+    service.relay.flush()
+    published: list[str] = []
+    with service.db.transaction() as session:
+        session.execute(
+            update(store.events)
+            .where(store.events.c.id == "msg_overdue")
+            .values(status="received", due_at=utcnow() - timedelta(seconds=1))
+        )
+    count = dispatch.sweep(service.db.sessions, published.extend, service.settings)
+    assert count == 1
+    assert published == ["msg_overdue"]
+    assert event_status(service, "msg_overdue") == "queued"
+    # Swept events are not swept again until they are overdue again.
+    assert dispatch.sweep(service.db.sessions, published.extend, service.settings) == 0
+
+
+def test_finished_events_are_never_swept(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    post_event(msg_id="msg_done")
+    service.dispatcher.process_event("msg_done")
+    with service.db.transaction() as session:
+        state = session.get(HandlerStateRow, ("msg_done", "tests.support.handlers.record"))
+        assert state is not None
+        assert state.status == "succeeded"
+        row = session.get(EventRow, "msg_done")
+        assert row is not None
+        assert row.due_at is None
+
+
+def test_relay_failure_leaves_the_event_received_for_the_sweep(service: Service) -> None:
+    def broker_down(_: Any) -> None:
+        raise ConnectionError("broker unreachable")
+
+    relay = dispatch.Relay(service.db.sessions, broker_down, service.settings)
+    from tests.support.signing import delivery
+
+    body, headers = delivery(msg_id="msg_no_broker")
+    intake = type(service.intake)(service.db, relay, service.settings, service.active_secrets)
+    assert intake.receive({k.lower(): v for k, v in headers.items()}, body).created
+    assert relay.flush(5)
+    assert event_status(service, "msg_no_broker") == "received"
+    with service.db.transaction() as session:
+        overdue = store.overdue_event_ids(session, now=utcnow() + timedelta(seconds=60), limit=10)
+    assert "msg_no_broker" in overdue
