@@ -70,17 +70,24 @@ class Settings:
         env = os.environ if environ is None else environ
         defaults = cls()
 
-        def integer(name: str, default: int, minimum: int = 0) -> int:
+        def number(
+            name: str, default: float, minimum: float, kind: type[float] | type[int]
+        ) -> float:
             raw = env.get(name, "").strip()
             if not raw:
                 return default
             try:
-                value = int(raw)
+                value = kind(raw)
             except ValueError:
-                raise ConfigError(f"{name} must be an integer") from None
+                raise ConfigError(
+                    f"{name} must be {'an integer' if kind is int else 'a number'}"
+                ) from None
             if value < minimum:
                 raise ConfigError(f"{name} must be at least {minimum}")
             return value
+
+        def integer(name: str, default: int, minimum: int = 0) -> int:
+            return int(number(name, default, minimum, int))
 
         raw_secrets = [s for s in env.get("WEBHOOK_SECRETS", "").split(",") if s.strip()]
         try:
@@ -104,4 +111,6 @@ class Settings:
             default_max_attempts=integer("HANDLER_MAX_ATTEMPTS", 5, minimum=1),
             handler_lease_seconds=integer("HANDLER_LEASE_SECONDS", 30, minimum=1),
             broker_visibility_timeout=integer("BROKER_VISIBILITY_TIMEOUT", 60, minimum=1),
+            sweep_interval_seconds=number("SWEEP_INTERVAL_SECONDS", 10.0, 0.5, float),
+            handoff_grace_seconds=integer("HANDOFF_GRACE_SECONDS", 10, minimum=1),
         )
