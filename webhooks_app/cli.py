@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from alembic import command
-from alembic.config import Config
 from flask import Flask
 from flask.cli import AppGroup
 
 from webhooks_app import dispatch
 from webhooks_app.service import current_service
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def alembic_config(database_url: str) -> Config:
+    # Imported here so the web and worker processes never load Alembic.
+    from alembic.config import Config
+
     config = Config(str(ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(ROOT / "migrations"))
     config.attributes["database_url"] = database_url
@@ -30,6 +35,8 @@ db_cli = AppGroup("db", help="Database migrations (Alembic).")
 @click.argument("revision", default="head")
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION (default: head)."""
+    from alembic import command
+
     command.upgrade(alembic_config(current_service().settings.database_url), revision)
 
 
@@ -37,12 +44,16 @@ def db_upgrade(revision: str) -> None:
 @click.argument("revision")
 def db_downgrade(revision: str) -> None:
     """Revert migrations down to REVISION."""
+    from alembic import command
+
     command.downgrade(alembic_config(current_service().settings.database_url), revision)
 
 
 @db_cli.command("current")
 def db_current() -> None:
     """Show the applied revision."""
+    from alembic import command
+
     command.current(alembic_config(current_service().settings.database_url))
 
 

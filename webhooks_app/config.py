@@ -12,8 +12,6 @@ from typing import Any
 
 from webhooks_app.signatures import Secret, SecretFormatError, parse_secrets
 
-INSTANCE_DIR = Path(os.environ.get("INSTANCE_DIR", Path.cwd() / "instance"))
-
 
 class ConfigError(RuntimeError):
     """A setting is missing or malformed; the message names the variable, never its value."""
@@ -27,13 +25,33 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-def _default_database_url() -> str:
-    return f"sqlite:///{INSTANCE_DIR / 'webhooks.sqlite3'}"
+def default_instance_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where local state lives: the SQLite file, the filesystem broker, beat's schedule."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("INSTANCE_DIR") or Path.cwd() / "instance").resolve()
+
+
+def sqlite_url(instance_dir: Path) -> str:
+    return f"sqlite:///{instance_dir / 'webhooks.sqlite3'}"
+
+
+def instance_secret_key(instance_dir: Path) -> str:
+    """A key generated once and kept in the instance folder, so that every process of a local
+    run (and every gunicorn worker) signs sessions alike without SECRET_KEY being set."""
+    instance_dir.mkdir(parents=True, exist_ok=True)
+    path = instance_dir / "secret_key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = field(default_factory=_default_database_url)
+    database_url: str = field(default_factory=lambda: sqlite_url(default_instance_dir()))
     # Empty means the embedded broker: Kombu's filesystem transport under INSTANCE_DIR.
     broker_url: str = ""
     webhook_secrets: tuple[Secret, ...] = ()
@@ -51,7 +69,7 @@ class Settings:
     sweep_interval_seconds: float = 10.0
     handoff_grace_seconds: int = 10
     requeue_after_seconds: int = 600
-    instance_dir: Path = INSTANCE_DIR
+    instance_dir: Path = field(default_factory=default_instance_dir)
     testing: bool = False
 
     @property
@@ -69,6 +87,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         defaults = cls()
+        instance_dir = default_instance_dir(env)
 
         def number(
             name: str, default: float, minimum: float, kind: type[float] | type[int]
@@ -98,19 +117,20 @@ class Settings:
         database_url = env.get("DATABASE_URL", "").strip()
         broker_url = (env.get("CELERY_BROKER_URL") or env.get("REDIS_URL") or "").strip()
         return cls(
-            database_url=normalize_database_url(database_url)
-            if database_url
-            else defaults.database_url,
+            database_url=(
+                normalize_database_url(database_url) if database_url else sqlite_url(instance_dir)
+            ),
             broker_url=broker_url,
             webhook_secrets=webhook_secrets,
             webhook_tolerance_seconds=integer("WEBHOOK_TOLERANCE_SECONDS", 300),
             max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes, minimum=1),
             handlers_module=env.get("HANDLERS_MODULE", "").strip() or "handlers",
             admin_api_token=env.get("ADMIN_API_TOKEN", "").strip() or None,
-            secret_key=env.get("SECRET_KEY", "").strip() or defaults.secret_key,
+            secret_key=env.get("SECRET_KEY", "").strip() or instance_secret_key(instance_dir),
             default_max_attempts=integer("HANDLER_MAX_ATTEMPTS", 5, minimum=1),
             handler_lease_seconds=integer("HANDLER_LEASE_SECONDS", 30, minimum=1),
             broker_visibility_timeout=integer("BROKER_VISIBILITY_TIMEOUT", 60, minimum=1),
             sweep_interval_seconds=number("SWEEP_INTERVAL_SECONDS", 10.0, 0.5, float),
             handoff_grace_seconds=integer("HANDOFF_GRACE_SECONDS", 10, minimum=1),
+            instance_dir=instance_dir,
         )

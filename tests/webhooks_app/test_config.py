@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from webhooks_app.config import ConfigError, Settings, normalize_database_url
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """from_env writes a generated SECRET_KEY under ./instance; keep it out of the checkout."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("INSTANCE_DIR", raising=False)
 
 
 @pytest.mark.parametrize(
@@ -21,9 +30,10 @@ def test_database_urls_are_normalized(given: str, expected: str) -> None:
     assert Settings.from_env({"DATABASE_URL": given}).database_url == expected
 
 
-def test_defaults_need_no_server() -> None:
+def test_defaults_need_no_server(tmp_path: Path) -> None:
     settings = Settings.from_env({})
-    assert settings.database_url.startswith("sqlite:///")
+    assert settings.database_url == f"sqlite:///{tmp_path / 'instance' / 'webhooks.sqlite3'}"
+    assert settings.instance_dir == tmp_path / "instance"
     assert settings.uses_embedded_broker
     assert settings.webhook_tolerance_seconds == 300
     assert settings.max_body_bytes == 1024 * 1024
@@ -74,3 +84,17 @@ def test_a_bad_secret_stops_startup_without_echoing_it() -> None:
         Settings.from_env({"WEBHOOK_SECRETS": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,hunter2"})
     assert "hunter2" not in str(error.value)
     assert "MfKQ" not in str(error.value)
+
+
+def test_instance_dir_moves_local_state(tmp_path: Path) -> None:
+    settings = Settings.from_env({"INSTANCE_DIR": str(tmp_path / "state")})
+    assert settings.database_url == f"sqlite:///{tmp_path / 'state' / 'webhooks.sqlite3'}"
+
+
+def test_unset_secret_key_is_generated_once_and_shared(tmp_path: Path) -> None:
+    first = Settings.from_env({}).secret_key
+    second = Settings.from_env({}).secret_key
+    assert first == second
+    assert len(first) == 64
+    assert (tmp_path / "instance" / "secret_key").stat().st_mode & 0o777 == 0o600
+    assert Settings.from_env({"SECRET_KEY": "set"}).secret_key == "set"
