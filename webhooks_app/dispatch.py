@@ -281,7 +281,6 @@ class Dispatcher:
             dialect = session.get_bind().dialect.name
             insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
             session.execute(insert_(store.handler_states).values(values).on_conflict_do_nothing())
-        # Handlers known from earlier runs but since removed from handlers.py are left as they are.
         self._refresh_status(session, event_id, now)
         return event, handlers
 
@@ -444,10 +443,15 @@ class Dispatcher:
         """Derive the event's status (and when the sweep should look again) from its handlers."""
         events, states = store.events, store.handler_states
         # Serialize status updates of one event (a no-op on SQLite, whose writers queue anyway).
-        session.execute(select(events.c.id).where(events.c.id == event_id).with_for_update())
+        event_type = session.execute(
+            select(events.c.type).where(events.c.id == event_id).with_for_update()
+        ).scalar_one()
+        # A handler since removed from handlers.py keeps its rows, but no longer holds the
+        # event open: otherwise the sweep would re-publish it forever.
+        registered = [h.name for h in self._registry.for_type(event_type)]
         rows = session.execute(
             select(states.c.status, states.c.lease_until, states.c.next_attempt_at).where(
-                states.c.event_id == event_id
+                states.c.event_id == event_id, states.c.handler.in_(registered)
             )
         ).all()
         statuses = {row.status for row in rows}

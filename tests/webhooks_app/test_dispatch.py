@@ -299,3 +299,27 @@ def test_relay_failure_leaves_the_event_received_for_the_sweep(service: Service)
     with service.db.transaction() as session:
         overdue = store.overdue_event_ids(session, now=utcnow() + timedelta(seconds=60), limit=10)
     assert "msg_no_broker" in overdue
+
+
+def test_a_handler_removed_from_the_registry_does_not_hold_the_event_open(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    post_event("multi.step", {"id": "m3"}, msg_id="msg_removed")
+    service.dispatcher.process_event("msg_removed", only_handler="tests.support.handlers.step_one")
+    assert event_status(service, "msg_removed") == "processing"
+    step_two = service.registry.get("tests.support.handlers.step_two")
+    assert step_two is not None
+    service.registry._handlers.pop(step_two.name)
+    try:
+        service.dispatcher.process_event("msg_removed")
+        assert event_status(service, "msg_removed") == "succeeded"
+        with service.db.transaction() as session:
+            row = session.get(EventRow, "msg_removed")
+            assert row is not None
+            assert row.due_at is None
+            # Its row is kept as it was, should the handler come back and the event be replayed.
+            state = session.get(HandlerStateRow, ("msg_removed", step_two.name))
+            assert state is not None
+            assert state.status == "pending"
+    finally:
+        service.registry._handlers[step_two.name] = step_two
