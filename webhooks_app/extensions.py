@@ -117,7 +117,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         queue_dir = settings.instance_dir / "broker"
         for sub in ("queue", "processed"):
             (queue_dir / sub).mkdir(parents=True, exist_ok=True)
-        config["broker_url"] = "filesystem://"
+        # The host is ignored by this transport; naming one keeps Kombu from warning.
+        config["broker_url"] = "filesystem://localhost//"
         config["broker_transport_options"] = {
             "data_folder_in": str(queue_dir / "queue"),
             "data_folder_out": str(queue_dir / "queue"),
