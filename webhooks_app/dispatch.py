@@ -154,6 +154,7 @@ class Outcome:
 class _Claim:
     handler: Handler
     token: int  # the handler's attempt counter after the claim; proves the claim is still ours
+    max_attempts: int
     number: int
     attempt_id: int
 
@@ -296,6 +297,7 @@ class Dispatcher:
                     states.c.attempts,
                     states.c.lease_until,
                     states.c.next_attempt_at,
+                    states.c.max_attempts,
                 ).where(*key)
             ).first()
             if before is None:
@@ -319,8 +321,8 @@ class Dispatcher:
                     next_attempt_at=None,
                     updated_at=now,
                 )
-            ).rowcount  # type: ignore[attr-defined]
-            if claimed != 1:
+            )
+            if store.affected_rows(claimed) != 1:
                 return None, self._lease.total_seconds()
             if before.status == HandlerStatus.RUNNING.value:
                 self._abandon_running(session, event.id, handler.name, now)
@@ -346,10 +348,10 @@ class Dispatcher:
             ).scalar_one()
             self._refresh_status(session, event.id, now)
         self.leases.hold(event.id, handler.name, token)
-        return _Claim(handler, token, number, attempt_id), None
+        return _Claim(handler, token, before.max_attempts, number, attempt_id), None
 
     @staticmethod
-    def _wait_for(state: Row[Any, Any, Any, Any], now: datetime) -> float | None:
+    def _wait_for(state: Row[Any, Any, Any, Any, Any], now: datetime) -> float | None:
         if state.status == HandlerStatus.RUNNING.value:
             lease_until: datetime = state.lease_until
             return max((lease_until - now).total_seconds(), 0.0) + 1
@@ -387,55 +389,60 @@ class Dispatcher:
         return None
 
     def _record(self, event: Event, claim: _Claim, error: BaseException | None) -> float | None:
+        """Finish the attempt; returns the delay before a retry, if one is due."""
         states = store.handler_states
         now = utcnow()
         retry_in: float | None = None
-        with self._sessions.begin() as session:
-            state = session.execute(
-                select(states.c.attempts, states.c.max_attempts, states.c.status).where(
-                    states.c.event_id == event.id, states.c.handler == claim.handler.name
-                )
-            ).first()
-            still_ours = (
-                state is not None
-                and state.status == HandlerStatus.RUNNING.value
-                and state.attempts == claim.token
+        if error is None:
+            new_status = HandlerStatus.SUCCEEDED
+        elif claim.token < claim.max_attempts:
+            new_status = HandlerStatus.FAILED
+            retry_in = backoff_seconds(
+                claim.token,
+                base=self._settings.retry_base_seconds,
+                cap=self._settings.retry_max_seconds,
             )
-            if error is None:
-                attempt_status = AttemptStatus.SUCCEEDED if still_ours else AttemptStatus.ABANDONED
-                new_status = HandlerStatus.SUCCEEDED
-            elif state is not None and claim.token < state.max_attempts:
-                attempt_status, new_status = AttemptStatus.FAILED, HandlerStatus.FAILED
-                retry_in = backoff_seconds(
-                    claim.token,
-                    base=self._settings.retry_base_seconds,
-                    cap=self._settings.retry_max_seconds,
+        else:
+            new_status = HandlerStatus.DEAD
+        with self._sessions.begin() as session:
+            # Guarded by the claim token: if our lease ran out and another attempt took the
+            # handler over, this matches nothing and that attempt decides.
+            next_attempt_at = None if retry_in is None else now + timedelta(seconds=retry_in)
+            finished = session.execute(
+                update(states)
+                .where(
+                    states.c.event_id == event.id,
+                    states.c.handler == claim.handler.name,
+                    states.c.status == HandlerStatus.RUNNING.value,
+                    states.c.attempts == claim.token,
                 )
+                .values(
+                    status=new_status.value,
+                    lease_until=None,
+                    next_attempt_at=next_attempt_at,
+                    updated_at=now,
+                )
+            )
+            still_ours = store.affected_rows(finished) == 1
+            if error is not None:
+                attempt_status, message = AttemptStatus.FAILED, _describe(error)
+            elif still_ours:
+                attempt_status, message = AttemptStatus.SUCCEEDED, None
             else:
-                attempt_status, new_status = AttemptStatus.FAILED, HandlerStatus.DEAD
+                attempt_status = AttemptStatus.ABANDONED
+                message = "Finished after its lease had expired; another attempt took over."
             session.execute(
                 update(store.attempts)
                 .where(store.attempts.c.id == claim.attempt_id)
                 .values(
                     status=attempt_status.value,
                     finished_at=now,
-                    error=None if error is None else _describe(error),
+                    error=message,
                     traceback=None if error is None else _format_traceback(error),
                 )
             )
             if not still_ours:
-                # Our lease ran out and another attempt owns the handler now; it decides.
                 return None
-            session.execute(
-                update(states)
-                .where(states.c.event_id == event.id, states.c.handler == claim.handler.name)
-                .values(
-                    status=new_status.value,
-                    lease_until=None,
-                    next_attempt_at=None if retry_in is None else now + timedelta(seconds=retry_in),
-                    updated_at=now,
-                )
-            )
             self._refresh_status(session, event.id, now)
         return retry_in
 

@@ -35,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import CursorResult, Dialect, Result
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 NAMING_CONVENTION = {
@@ -193,6 +193,11 @@ attempts = cast(Table, AttemptRow.__table__)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def affected_rows(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE matched: what makes a conditional UPDATE a claim."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 # --- intake -------------------------------------------------------------------------------

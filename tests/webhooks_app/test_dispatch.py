@@ -323,3 +323,25 @@ def test_a_handler_removed_from_the_registry_does_not_hold_the_event_open(
             assert state.status == "pending"
     finally:
         service.registry._handlers[step_two.name] = step_two
+
+
+def test_a_handler_that_outlives_its_lease_does_not_overwrite_the_takeover(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    post_event(data={"id": "chat_slow", "sleep": 1}, msg_id="msg_overtaken")
+    worker = threading.Thread(target=service.dispatcher.process_event, args=("msg_overtaken",))
+    worker.start()
+    time.sleep(0.4)
+    # Meanwhile another worker, believing the first dead, claimed the handler (token 2).
+    with service.db.transaction() as session:
+        session.execute(
+            update(store.handler_states)
+            .where(store.handler_states.c.event_id == "msg_overtaken")
+            .values(attempts=2, lease_until=utcnow() + timedelta(seconds=30))
+        )
+    worker.join()
+    with service.db.transaction() as session:
+        state = session.get(HandlerStateRow, ("msg_overtaken", "tests.support.handlers.record"))
+        assert state is not None
+        assert (state.status, state.attempts) == ("running", 2)
+    assert attempts(service, "msg_overtaken") == [("record", 1, "abandoned")]
