@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.fernet import Fernet
+
 from webhooks_app.signatures import Secret, SecretFormatError, parse_secrets
 
 INSTANCE_DIR = Path(os.environ.get("INSTANCE_DIR", Path.cwd() / "instance"))
@@ -53,6 +55,18 @@ class Settings:
     requeue_after_seconds: int = 600
     instance_dir: Path = INSTANCE_DIR
     testing: bool = False
+    # Subscriptions and API keys (see README, "Subscriptions and API keys").
+    assisters_api_base: str = "https://api.assisters.com/v1"
+    assisters_api_key: str | None = None
+    assisters_api_key_id: str | None = None
+    assisters_timeout_seconds: float = 10.0
+    public_base_url: str | None = None
+    # Fernet keys, newest first; empty means secrets cannot be stored (see secretbox.py).
+    encryption_keys: tuple[str, ...] = ()
+    rotation_grace_hours: float = 24.0
+    rotation_days: int = 30
+    rotation_check_seconds: float = 900.0
+    stored_secrets_cache_seconds: float = 5.0
 
     @property
     def uses_embedded_broker(self) -> bool:
@@ -82,6 +96,30 @@ class Settings:
                 raise ConfigError(f"{name} must be at least {minimum}")
             return value
 
+        def number(name: str, default: float) -> float:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number") from None
+            if not value >= 0 or value == float("inf"):
+                raise ConfigError(f"{name} must be a finite number, at least 0")
+            return value
+
+        encryption_keys = tuple(
+            k.strip() for k in env.get("ENCRYPTION_KEYS", "").split(",") if k.strip()
+        )
+        for position, key in enumerate(encryption_keys, start=1):
+            try:
+                Fernet(key)
+            except ValueError:
+                raise ConfigError(
+                    f"ENCRYPTION_KEYS: key {position} is not a Fernet key "
+                    "(32 url-safe base64-encoded bytes)"
+                ) from None
+
         raw_secrets = [s for s in env.get("WEBHOOK_SECRETS", "").split(",") if s.strip()]
         try:
             webhook_secrets = parse_secrets(raw_secrets)
@@ -104,4 +142,14 @@ class Settings:
             default_max_attempts=integer("HANDLER_MAX_ATTEMPTS", 5, minimum=1),
             handler_lease_seconds=integer("HANDLER_LEASE_SECONDS", 30, minimum=1),
             broker_visibility_timeout=integer("BROKER_VISIBILITY_TIMEOUT", 60, minimum=1),
+            assisters_api_base=(
+                env.get("ASSISTERS_API_BASE", "").strip().rstrip("/") or defaults.assisters_api_base
+            ),
+            assisters_api_key=env.get("ASSISTERS_API_KEY", "").strip() or None,
+            assisters_api_key_id=env.get("ASSISTERS_API_KEY_ID", "").strip() or None,
+            assisters_timeout_seconds=number("ASSISTERS_TIMEOUT_SECONDS", 10.0) or 10.0,
+            public_base_url=env.get("PUBLIC_BASE_URL", "").strip().rstrip("/") or None,
+            encryption_keys=encryption_keys,
+            rotation_grace_hours=number("ROTATION_GRACE_HOURS", 24.0),
+            rotation_days=integer("ROTATION_DAYS", 30),
         )

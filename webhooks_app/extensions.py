@@ -15,6 +15,7 @@ from webhooks_app.config import Settings
 
 PROCESS_EVENT_TASK = "workers.tasks.process_event"
 SWEEP_TASK = "workers.tasks.sweep"
+ROTATE_SUBSCRIPTIONS_TASK = "workers.tasks.rotate_subscriptions"
 
 
 class Database:
@@ -109,6 +110,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "beat_schedule": {
             "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds},
+            # Starts rotations every ROTATION_DAYS and finishes those whose window has passed.
+            "rotate-subscriptions": {
+                "task": ROTATE_SUBSCRIPTIONS_TASK,
+                "schedule": settings.rotation_check_seconds,
+            },
         },
         "beat_schedule_filename": str(settings.instance_dir / "celerybeat-schedule"),
         "include": ["workers.tasks"],
