@@ -120,6 +120,10 @@ class Settings:
                     "(32 url-safe base64-encoded bytes)"
                 ) from None
 
+        timeout = number("ASSISTERS_TIMEOUT_SECONDS", 10.0)
+        if timeout == 0:
+            raise ConfigError("ASSISTERS_TIMEOUT_SECONDS must be more than 0")
+
         raw_secrets = [s for s in env.get("WEBHOOK_SECRETS", "").split(",") if s.strip()]
         try:
             webhook_secrets = parse_secrets(raw_secrets)
@@ -147,7 +151,7 @@ class Settings:
             ),
             assisters_api_key=env.get("ASSISTERS_API_KEY", "").strip() or None,
             assisters_api_key_id=env.get("ASSISTERS_API_KEY_ID", "").strip() or None,
-            assisters_timeout_seconds=number("ASSISTERS_TIMEOUT_SECONDS", 10.0) or 10.0,
+            assisters_timeout_seconds=timeout,
             public_base_url=env.get("PUBLIC_BASE_URL", "").strip().rstrip("/") or None,
             encryption_keys=encryption_keys,
             rotation_grace_hours=number("ROTATION_GRACE_HOURS", 24.0),

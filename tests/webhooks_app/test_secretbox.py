@@ -85,6 +85,8 @@ def test_subscription_settings_from_the_environment() -> None:
     assert (custom.rotation_days, custom.rotation_grace_hours) == (0, 0.5)
     with pytest.raises(ConfigError, match="ROTATION_GRACE_HOURS"):
         Settings.from_env({"ROTATION_GRACE_HOURS": "soon"})
+    with pytest.raises(ConfigError, match="ASSISTERS_TIMEOUT_SECONDS"):
+        Settings.from_env({"ASSISTERS_TIMEOUT_SECONDS": "0"})
 
 
 def test_local_sqlite_development_gets_a_private_persistent_key(tmp_path: Path) -> None:
