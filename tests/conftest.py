@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
 
+from tests.support.emulator import RunningEmulator, running_emulator, served, server_url
 from tests.support.services import claimed_redis_database, temporary_postgres_database
 from tests.support.signing import TEST_SECRET, delivery
 from webhooks_app import create_app
@@ -98,3 +100,52 @@ def post_event(client: FlaskClient) -> Callable[..., Any]:
 @pytest.fixture
 def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+# --- the provider emulator and a live service (subscriptions) -------------------------------
+
+ENCRYPTION_KEY = "AHstXyj2TyE1A6GxoRSw6lkFyosaWYHyenAAY1Kf1i4="
+
+
+@pytest.fixture
+def emulator() -> Iterator[RunningEmulator]:
+    """The Assisters API emulator as a real HTTP server (no rate limit, compressed retries)."""
+    with running_emulator() as running:
+        yield running
+
+
+@dataclass
+class LiveService:
+    url: str
+    app: Flask
+    service: Service
+    settings: Settings
+
+
+@pytest.fixture
+def live(settings: Settings, emulator: RunningEmulator) -> Iterator[LiveService]:
+    """The service served over HTTP, talking to the emulator, with stored secrets only."""
+    with served() as server:
+        url = server_url(server)
+        live_settings = settings.replace(
+            webhook_secrets=(),
+            encryption_keys=(ENCRYPTION_KEY,),
+            assisters_api_base=emulator.api_base,
+            assisters_api_key=emulator.api_key,
+            assisters_api_key_id=emulator.api_key_id,
+            public_base_url=url,
+            # Tests look at the database directly; the cache itself has its own test.
+            stored_secrets_cache_seconds=0.0,
+        )
+        app = create_app(live_settings)
+        server.app = app
+        service: Service = app.extensions["webhooks"]
+        try:
+            yield LiveService(url, app, service, live_settings)
+        finally:
+            server.app = Flask("stopped")
+            service.relay.flush()
+            with service.db.engine.begin() as connection:
+                tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+                connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+            service.db.dispose()

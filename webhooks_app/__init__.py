@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     celery = celery_init_app(app, settings)
     load_handlers(settings.handlers_module)
     publish = celery_publisher(celery)
-    app.extensions["webhooks"] = Service(
+    service = Service(
         settings=settings,
         db=db,
         celery=celery,
@@ -45,6 +45,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         dispatcher=Dispatcher(db.sessions, registry, settings),
         publish=publish,
     )
+    # Stored subscription secrets count beside WEBHOOK_SECRETS; one that cannot be decrypted
+    # (a wrong or missing ENCRYPTION_KEYS) stops startup here rather than failing deliveries.
+    service.secret_sources.append(service.subscriptions.stored_secrets)
+    service.subscriptions.check_stored_secrets()
+    app.extensions["webhooks"] = service
 
     from webhooks_app import api, cli, errors, health, receiver
 

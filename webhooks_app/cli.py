@@ -69,5 +69,12 @@ def events_sweep() -> None:
 
 
 def register(app: Flask) -> None:
+    from webhooks_app import subscription_cli
+    from webhooks_app.emulator.cli import emulator_cli
+
     app.cli.add_command(db_cli)
     app.cli.add_command(events_cli)
+    app.cli.add_command(subscription_cli.subscriptions_cli)
+    app.cli.add_command(subscription_cli.keys_cli)
+    app.cli.add_command(subscription_cli.secrets_cli)
+    app.cli.add_command(emulator_cli)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cryptography.fernet import Fernet
 
 from webhooks_app.signatures import Secret, SecretFormatError, parse_secrets
 
@@ -71,6 +74,18 @@ class Settings:
     requeue_after_seconds: int = 600
     instance_dir: Path = field(default_factory=default_instance_dir)
     testing: bool = False
+    # Subscriptions and API keys (see README, "Subscriptions and API keys").
+    assisters_api_base: str = "https://api.assisters.com/v1"
+    assisters_api_key: str | None = None
+    assisters_api_key_id: str | None = None
+    assisters_timeout_seconds: float = 10.0
+    public_base_url: str | None = None
+    # Fernet keys, newest first; empty means secrets cannot be stored (see secretbox.py).
+    encryption_keys: tuple[str, ...] = ()
+    rotation_grace_hours: float = 24.0
+    rotation_days: int = 30
+    rotation_check_seconds: float = 900.0
+    stored_secrets_cache_seconds: float = 5.0
 
     @property
     def uses_embedded_broker(self) -> bool:
@@ -101,12 +116,28 @@ class Settings:
                 raise ConfigError(
                     f"{name} must be {'an integer' if kind is int else 'a number'}"
                 ) from None
-            if value < minimum:
-                raise ConfigError(f"{name} must be at least {minimum}")
+            if not math.isfinite(value) or value < minimum:
+                raise ConfigError(f"{name} must be a finite number, at least {minimum}")
             return value
 
         def integer(name: str, default: int, minimum: int = 0) -> int:
             return int(number(name, default, minimum, int))
+
+        encryption_keys = tuple(
+            k.strip() for k in env.get("ENCRYPTION_KEYS", "").split(",") if k.strip()
+        )
+        for position, key in enumerate(encryption_keys, start=1):
+            try:
+                Fernet(key)
+            except ValueError:
+                raise ConfigError(
+                    f"ENCRYPTION_KEYS: key {position} is not a Fernet key "
+                    "(32 url-safe base64-encoded bytes)"
+                ) from None
+
+        timeout = number("ASSISTERS_TIMEOUT_SECONDS", 10.0, 0, float)
+        if timeout == 0:
+            raise ConfigError("ASSISTERS_TIMEOUT_SECONDS must be more than 0")
 
         raw_secrets = [s for s in env.get("WEBHOOK_SECRETS", "").split(",") if s.strip()]
         try:
@@ -133,4 +164,14 @@ class Settings:
             sweep_interval_seconds=number("SWEEP_INTERVAL_SECONDS", 10.0, 0.5, float),
             handoff_grace_seconds=integer("HANDOFF_GRACE_SECONDS", 10, minimum=1),
             instance_dir=instance_dir,
+            assisters_api_base=(
+                env.get("ASSISTERS_API_BASE", "").strip().rstrip("/") or defaults.assisters_api_base
+            ),
+            assisters_api_key=env.get("ASSISTERS_API_KEY", "").strip() or None,
+            assisters_api_key_id=env.get("ASSISTERS_API_KEY_ID", "").strip() or None,
+            assisters_timeout_seconds=timeout,
+            public_base_url=env.get("PUBLIC_BASE_URL", "").strip().rstrip("/") or None,
+            encryption_keys=encryption_keys,
+            rotation_grace_hours=number("ROTATION_GRACE_HOURS", 24.0, 0, float),
+            rotation_days=integer("ROTATION_DAYS", 30),
         )

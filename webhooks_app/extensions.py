@@ -15,6 +15,7 @@ from webhooks_app.config import Settings
 
 PROCESS_EVENT_TASK = "workers.tasks.process_event"
 SWEEP_TASK = "workers.tasks.sweep"
+ROTATE_SUBSCRIPTIONS_TASK = "workers.tasks.rotate_subscriptions"
 
 
 class Database:
@@ -109,13 +110,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "beat_schedule": {
             "sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_seconds},
+            # Starts rotations every ROTATION_DAYS and finishes those whose window has passed.
+            "rotate-subscriptions": {
+                "task": ROTATE_SUBSCRIPTIONS_TASK,
+                "schedule": settings.rotation_check_seconds,
+            },
         },
         "beat_schedule_filename": str(settings.instance_dir / "celerybeat-schedule"),
         "include": ["workers.tasks"],
     }
     if settings.uses_embedded_broker:
         queue_dir = settings.instance_dir / "broker"
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (queue_dir / sub).mkdir(parents=True, exist_ok=True)
         # The host is ignored by this transport; naming one keeps Kombu from warning.
         config["broker_url"] = "filesystem://localhost//"
@@ -123,6 +129,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "data_folder_in": str(queue_dir / "queue"),
             "data_folder_out": str(queue_dir / "queue"),
             "processed_folder": str(queue_dir / "processed"),
+            # Exchange bindings; Kombu's default is ./control, in the current directory.
+            "control_folder": str(queue_dir / "control"),
             "store_processed": False,
         }
     else:

@@ -13,7 +13,9 @@ from webhooks_app.dispatch import Dispatcher, Publish, Relay
 from webhooks_app.extensions import Database
 from webhooks_app.intake import Intake
 from webhooks_app.registry import Registry
+from webhooks_app.secretbox import SecretBox
 from webhooks_app.signatures import Secret
+from webhooks_app.subscriptions import Subscriptions
 
 SecretSource = Callable[[], Iterable[Secret]]
 
@@ -31,9 +33,14 @@ class Service:
     # Where the receiver's active secrets come from: WEBHOOK_SECRETS first; stored
     # subscription secrets are added by that feature.
     secret_sources: list[SecretSource] = field(default_factory=list)
+    # Our subscriptions and API key at the provider, their secrets encrypted at rest.
+    subscriptions: Subscriptions = field(init=False)
 
     def __post_init__(self) -> None:
         self.intake = Intake(self.db, self.relay, self.settings, self.active_secrets)
+        self.subscriptions = Subscriptions(
+            self.db, SecretBox.from_settings(self.settings), self.settings
+        )
 
     def active_secrets(self) -> tuple[Secret, ...]:
         found: list[Secret] = list(self.settings.webhook_secrets)

@@ -362,3 +362,88 @@ def attempts_for(session: Session, event_id: str) -> list[AttemptRow]:
 def count_by_status(session: Session) -> dict[str, int]:
     rows = session.execute(select(events.c.status, func.count()).group_by(events.c.status))
     return {status: count for status, count in rows.tuples()}
+
+
+# === subscriptions, API keys and their rotations ===========================================
+# Secrets are stored only as SecretBox tokens (see secretbox.py); a retired row keeps its id and
+# history but loses its secret.
+
+
+class SubscriptionStatus(StrEnum):
+    ACTIVE = "active"  # its secret is accepted; new events are signed with it
+    RETIRING = "retiring"  # replaced; its secret is still accepted during the grace window
+    RETIRED = "retired"  # deleted at the provider; its secret is gone
+
+
+class ApiKeyStatus(StrEnum):
+    CURRENT = "current"  # the key the provider client uses
+    RETIRING = "retiring"  # replaced, not yet deleted at the provider
+    DELETED = "deleted"
+
+
+class RotationKind(StrEnum):
+    SUBSCRIPTION = "subscription"
+    API_KEY = "api_key"
+
+
+class RotationStep(StrEnum):
+    CREATE_NEW = "create_new"  # next: create the replacement at the provider
+    RETIRE_OLD = "retire_old"  # next: (after the grace window) delete the old one
+    DONE = "done"
+
+
+class SubscriptionRow(Base):
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # the provider's id
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSONDocument)
+    secret_encrypted: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default=SubscriptionStatus.ACTIVE)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_subscriptions_status", "status"),)
+
+
+class ApiKeyRow(Base):
+    """A provider API key the service created; the key it started with lives in the env."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # the provider's key id
+    name: Mapped[str] = mapped_column(String(255))
+    key_encrypted: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default=ApiKeyStatus.CURRENT)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_api_keys_status", "status"),)
+
+
+class RotationRow(Base):
+    """A rotation in progress or done: each step is idempotent, so any run can resume it.
+
+    The idempotency key is stored before the provider is asked to create the replacement, so a
+    create whose answer was lost is replayed by the provider rather than done twice.
+    """
+
+    __tablename__ = "rotations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    old_id: Mapped[str | None] = mapped_column(String(255))
+    new_id: Mapped[str | None] = mapped_column(String(255))
+    idempotency_key: Mapped[str] = mapped_column(String(64))
+    step: Mapped[str] = mapped_column(String(20), default=RotationStep.CREATE_NEW)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # When old and new both became valid; the grace setting is added when the window is checked.
+    window_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        # One rotation per replaced subscription or key, however many runs race to start it.
+        Index("uq_rotations_kind_old_id", "kind", "old_id", unique=True),
+        Index("ix_rotations_step", "step"),
+    )

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 
 from webhooks_app import dispatch
-from webhooks_app.extensions import PROCESS_EVENT_TASK, SWEEP_TASK
+from webhooks_app.assisters import AssistersError
+from webhooks_app.extensions import PROCESS_EVENT_TASK, ROTATE_SUBSCRIPTIONS_TASK, SWEEP_TASK
 from webhooks_app.service import current_service
+from webhooks_app.subscriptions import SubscriptionError
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(name=PROCESS_EVENT_TASK)
@@ -25,3 +31,16 @@ def process_event(event_id: str, handler: str | None = None) -> None:
 def sweep() -> int:
     service = current_service()
     return dispatch.sweep(service.db.sessions, service.publish, service.settings)
+
+
+@shared_task(name=ROTATE_SUBSCRIPTIONS_TASK)
+def rotate_subscriptions() -> list[str]:
+    try:
+        messages = current_service().subscriptions.rotate_if_due()
+    except (AssistersError, SubscriptionError) as exc:
+        # The rotation stays where it stopped; the next beat tick resumes it.
+        log.warning("subscription rotation postponed: %s", exc)
+        return []
+    for message in messages:
+        log.info("%s", message)
+    return messages
