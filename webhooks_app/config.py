@@ -31,6 +31,9 @@ def _default_database_url() -> str:
     return f"sqlite:///{INSTANCE_DIR / 'webhooks.sqlite3'}"
 
 
+DEFAULT_PII_MASK_FIELDS = ("email", "phone", "content", "input", "arguments")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = field(default_factory=_default_database_url)
@@ -53,10 +56,21 @@ class Settings:
     requeue_after_seconds: int = 600
     instance_dir: Path = INSTANCE_DIR
     testing: bool = False
+    # Admin page (see README, "Admin page").
+    admin_username: str | None = None
+    admin_password_hash: str | None = None  # Argon2id, PHC string format
+    admin_login_limit: str = "5 per minute"
+    # Dotted payload paths masked in the page and the API; a bare name matches at any depth.
+    pii_mask_fields: tuple[str, ...] = DEFAULT_PII_MASK_FIELDS
+    event_retention_days: int | None = None  # None: keep events forever
 
     @property
     def uses_embedded_broker(self) -> bool:
         return not self.broker_url
+
+    @property
+    def admin_login_enabled(self) -> bool:
+        return bool(self.admin_username and self.admin_password_hash)
 
     @property
     def is_sqlite(self) -> bool:
@@ -88,6 +102,24 @@ class Settings:
         except SecretFormatError as exc:
             raise ConfigError(f"WEBHOOK_SECRETS: {exc}") from None
 
+        password_hash = env.get("ADMIN_PASSWORD_HASH", "").strip() or None
+        if password_hash is not None and not password_hash.startswith("$argon2id$"):
+            raise ConfigError(
+                "ADMIN_PASSWORD_HASH must be an Argon2id hash "
+                "(make one with: python -m webhooks_app.admin.hash_password)"
+            )
+        raw_mask = env.get("PII_MASK_FIELDS")
+        mask_fields = (
+            DEFAULT_PII_MASK_FIELDS
+            if raw_mask is None
+            else tuple(f.strip() for f in raw_mask.split(",") if f.strip())
+        )
+        retention = (
+            integer("EVENT_RETENTION_DAYS", 0, minimum=1)
+            if env.get("EVENT_RETENTION_DAYS", "").strip()
+            else None
+        )
+
         database_url = env.get("DATABASE_URL", "").strip()
         broker_url = (env.get("CELERY_BROKER_URL") or env.get("REDIS_URL") or "").strip()
         return cls(
@@ -104,4 +136,10 @@ class Settings:
             default_max_attempts=integer("HANDLER_MAX_ATTEMPTS", 5, minimum=1),
             handler_lease_seconds=integer("HANDLER_LEASE_SECONDS", 30, minimum=1),
             broker_visibility_timeout=integer("BROKER_VISIBILITY_TIMEOUT", 60, minimum=1),
+            admin_username=env.get("ADMIN_USERNAME", "").strip() or None,
+            admin_password_hash=password_hash,
+            admin_login_limit=env.get("ADMIN_LOGIN_RATE_LIMIT", "").strip()
+            or defaults.admin_login_limit,
+            pii_mask_fields=mask_fields,
+            event_retention_days=retention,
         )

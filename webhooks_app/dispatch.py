@@ -297,6 +297,7 @@ class Dispatcher:
                     states.c.attempts,
                     states.c.lease_until,
                     states.c.next_attempt_at,
+                    states.c.run,
                 ).where(*key)
             ).first()
             if before is None:
@@ -340,6 +341,7 @@ class Dispatcher:
                     event_id=event.id,
                     handler=handler.name,
                     number=number,
+                    run=before.run,
                     status=AttemptStatus.RUNNING.value,
                     started_at=now,
                 )
@@ -350,7 +352,7 @@ class Dispatcher:
         return _Claim(handler, token, number, attempt_id), None
 
     @staticmethod
-    def _wait_for(state: Row[Any, Any, Any, Any], now: datetime) -> float | None:
+    def _wait_for(state: Row[Any, Any, Any, Any, Any], now: datetime) -> float | None:
         if state.status == HandlerStatus.RUNNING.value:
             lease_until: datetime = state.lease_until
             return max((lease_until - now).total_seconds(), 0.0) + 1

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from webhooks_app import dispatch
-from webhooks_app.extensions import PROCESS_EVENT_TASK, SWEEP_TASK
+from webhooks_app import dispatch, retention
+from webhooks_app.extensions import PROCESS_EVENT_TASK, PURGE_TASK, SWEEP_TASK
 from webhooks_app.service import current_service
 
 
@@ -25,3 +25,9 @@ def process_event(event_id: str, handler: str | None = None) -> None:
 def sweep() -> int:
     service = current_service()
     return dispatch.sweep(service.db.sessions, service.publish, service.settings)
+
+
+@shared_task(name=PURGE_TASK)
+def purge_expired_events() -> int:
+    service = current_service()
+    return retention.purge_expired(service.db.sessions, service.settings.event_retention_days)
