@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic import command
+from argon2 import PasswordHasher
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
@@ -22,6 +24,13 @@ from webhooks_app.signatures import parse_secrets
 from webhooks_app.store import Base
 
 ADMIN_TOKEN = "test-admin-token"
+ADMIN_USERNAME = "operator"
+ADMIN_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="session")
+def admin_password_hash() -> str:
+    return PasswordHasher().hash(ADMIN_PASSWORD)
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +50,9 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(postgres_url: str, redis_url: str, tmp_path: Path) -> Settings:
+def settings(
+    postgres_url: str, redis_url: str, tmp_path: Path, admin_password_hash: str
+) -> Settings:
     return Settings(
         database_url=postgres_url,
         broker_url=redis_url,
@@ -56,6 +67,8 @@ def settings(postgres_url: str, redis_url: str, tmp_path: Path) -> Settings:
         broker_visibility_timeout=10,
         handoff_grace_seconds=2,
         testing=True,
+        admin_username=ADMIN_USERNAME,
+        admin_password_hash=admin_password_hash,
     )
 
 
@@ -98,3 +111,29 @@ def post_event(client: FlaskClient) -> Callable[..., Any]:
 @pytest.fixture
 def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+def admin_client(app: Flask) -> FlaskClient:
+    """A test client logged in to the admin page."""
+    client = app.test_client()
+    login(client)
+    return client
+
+
+def csrf_token(client: FlaskClient, path: str = "/admin/login") -> str:
+    """The CSRF token a page of ``path`` carries for this client's session."""
+    page = client.get(path).get_data(as_text=True)
+    found = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+    assert found, f"no CSRF token on {path}"
+    return found.group(1)
+
+
+def login(
+    client: FlaskClient, username: str = ADMIN_USERNAME, password: str = ADMIN_PASSWORD
+) -> Any:
+    token = csrf_token(client)
+    return client.post(
+        "/admin/login",
+        data={"username": username, "password": password, "csrf_token": token},
+    )
