@@ -226,7 +226,12 @@ PATHS: dict[str, Any] = {
                     "name": "challenge",
                     "in": "query",
                     "required": True,
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 512},
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 512,
+                        "pattern": "^[ -~]+$",
+                    },
                 }
             ],
             "responses": {
