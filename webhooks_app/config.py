@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from limits import parse as parse_limit
+
 from webhooks_app.signatures import Secret, SecretFormatError, parse_secrets
 
 INSTANCE_DIR = Path(os.environ.get("INSTANCE_DIR", Path.cwd() / "instance"))
@@ -114,6 +116,13 @@ class Settings:
             if raw_mask is None
             else tuple(f.strip() for f in raw_mask.split(",") if f.strip())
         )
+        login_limit = env.get("ADMIN_LOGIN_RATE_LIMIT", "").strip() or defaults.admin_login_limit
+        try:
+            parse_limit(login_limit)
+        except ValueError:
+            raise ConfigError(
+                "ADMIN_LOGIN_RATE_LIMIT must read like '5 per minute' or '20/hour'"
+            ) from None
         retention = (
             integer("EVENT_RETENTION_DAYS", 0, minimum=1)
             if env.get("EVENT_RETENTION_DAYS", "").strip()
@@ -138,8 +147,7 @@ class Settings:
             broker_visibility_timeout=integer("BROKER_VISIBILITY_TIMEOUT", 60, minimum=1),
             admin_username=env.get("ADMIN_USERNAME", "").strip() or None,
             admin_password_hash=password_hash,
-            admin_login_limit=env.get("ADMIN_LOGIN_RATE_LIMIT", "").strip()
-            or defaults.admin_login_limit,
+            admin_login_limit=login_limit,
             pii_mask_fields=mask_fields,
             event_retention_days=retention,
         )

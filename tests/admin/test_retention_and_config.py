@@ -103,6 +103,7 @@ def test_admin_settings_from_the_environment() -> None:
         ({"ADMIN_PASSWORD_HASH": "$argon2i$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA"}, "Argon2id"),
         ({"EVENT_RETENTION_DAYS": "0"}, "EVENT_RETENTION_DAYS"),
         ({"EVENT_RETENTION_DAYS": "soon"}, "EVENT_RETENTION_DAYS"),
+        ({"ADMIN_LOGIN_RATE_LIMIT": "lots"}, "ADMIN_LOGIN_RATE_LIMIT"),
     ],
 )
 def test_bad_admin_settings_stop_startup(env: dict[str, str], named: str) -> None:

@@ -136,7 +136,6 @@ def _detail_context(
         "states": store.handler_states_for(session, row.id),
         "attempts": store.attempts_for(session, row.id),
         "handlers": [h.name for h in service.registry.for_type(row.type)],
-        "replayable": row.status in replay.REPLAYABLE_STATUSES,
     }
 
 
