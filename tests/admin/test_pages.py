@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import re
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -26,10 +26,15 @@ def audit_actions(service: Service) -> list[str]:
         return list(session.scalars(select(AuditRow.action).order_by(AuditRow.id)))
 
 
+# Login counters outlive a test (a minute, in Redis): each client gets an address of its own.
+_addresses = itertools.count(1)
+
+
 def unique_client(app: Flask) -> FlaskClient:
     """A client with its own address, so login throttling of one test never leaks into another."""
     client = app.test_client()
-    client.environ_base["REMOTE_ADDR"] = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.1"
+    n = next(_addresses)
+    client.environ_base["REMOTE_ADDR"] = f"10.{n // 250 % 250}.{n % 250}.1"
     return client
 
 
