@@ -31,9 +31,11 @@ from sqlalchemy import (
     and_,
     delete,
     func,
+    literal,
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -381,18 +383,18 @@ def bounded_status_counts(session: Session, *, cap: int = STATUS_COUNT_CAP) -> d
     """Events per status, each counted up to ``cap`` (``cap`` means "at least that many").
 
     One ``LIMIT``-ed index range per status on ix_events_status_received_at instead of a
-    ``GROUP BY`` over the whole table.
+    ``GROUP BY`` over the whole table; all in one statement, so one snapshot: an event changing
+    status meanwhile is never counted twice.
     """
-    counts: dict[str, int] = {}
+    parts = []
     for status in EventStatus:
         # Selecting only the indexed column lets PostgreSQL answer from the index alone.
         limited = (
             select(events.c.status).where(events.c.status == status.value).limit(cap).subquery()
         )
-        counts[status.value] = session.execute(
-            select(func.count()).select_from(limited)
-        ).scalar_one()
-    return counts
+        count = select(literal(status.value).label("status"), func.count().label("n"))
+        parts.append(count.select_from(limited))
+    return {row.status: int(row.n) for row in session.execute(union_all(*parts))}
 
 
 def estimated_event_total(session: Session) -> int | None:
