@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 from alembic import command
+from argon2 import PasswordHasher
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
@@ -24,6 +26,13 @@ from webhooks_app.signatures import parse_secrets
 from webhooks_app.store import Base
 
 ADMIN_TOKEN = "test-admin-token"
+ADMIN_USERNAME = "operator"
+ADMIN_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="session")
+def admin_password_hash() -> str:
+    return PasswordHasher().hash(ADMIN_PASSWORD)
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +52,9 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(postgres_url: str, redis_url: str, tmp_path: Path) -> Settings:
+def settings(
+    postgres_url: str, redis_url: str, tmp_path: Path, admin_password_hash: str
+) -> Settings:
     return Settings(
         database_url=postgres_url,
         broker_url=redis_url,
@@ -58,6 +69,8 @@ def settings(postgres_url: str, redis_url: str, tmp_path: Path) -> Settings:
         broker_visibility_timeout=10,
         handoff_grace_seconds=2,
         testing=True,
+        admin_username=ADMIN_USERNAME,
+        admin_password_hash=admin_password_hash,
     )
 
 
@@ -149,3 +162,32 @@ def live(settings: Settings, emulator: RunningEmulator) -> Iterator[LiveService]
                 tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
                 connection.execute(text(f"TRUNCATE {tables} CASCADE"))
             service.db.dispose()
+
+
+# --- the admin page ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin_client(app: Flask) -> FlaskClient:
+    """A test client logged in to the admin page."""
+    client = app.test_client()
+    login(client)
+    return client
+
+
+def csrf_token(client: FlaskClient, path: str = "/admin/login") -> str:
+    """The CSRF token a page of ``path`` carries for this client's session."""
+    page = client.get(path).get_data(as_text=True)
+    found = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+    assert found, f"no CSRF token on {path}"
+    return found.group(1)
+
+
+def login(
+    client: FlaskClient, username: str = ADMIN_USERNAME, password: str = ADMIN_PASSWORD
+) -> Any:
+    token = csrf_token(client)
+    return client.post(
+        "/admin/login",
+        data={"username": username, "password": password, "csrf_token": token},
+    )

@@ -51,11 +51,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     service.subscriptions.check_stored_secrets()
     app.extensions["webhooks"] = service
 
-    from webhooks_app import api, cli, errors, health, receiver
+    from webhooks_app import admin, api, cli, errors, health, receiver
 
     errors.register_error_handlers(app)
     app.register_blueprint(receiver.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    # CSRF covers every other state-changing route; the webhook endpoints are signed instead,
+    # and the JSON API checks CSRF itself for cookie-authenticated calls.
+    admin.init_app(app, settings, csrf_exempt=[receiver.bp, health.bp, api.bp])
     cli.register(app)
     return app

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet
+from limits import parse as parse_limit
 
 from webhooks_app.signatures import Secret, SecretFormatError, parse_secrets
 
@@ -52,6 +53,9 @@ def instance_secret_key(instance_dir: Path) -> str:
     return path.read_text().strip()
 
 
+DEFAULT_PII_MASK_FIELDS = ("email", "phone", "content", "input", "arguments")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = field(default_factory=lambda: sqlite_url(default_instance_dir()))
@@ -86,10 +90,21 @@ class Settings:
     rotation_days: int = 30
     rotation_check_seconds: float = 900.0
     stored_secrets_cache_seconds: float = 5.0
+    # Admin page (see README, "Admin page").
+    admin_username: str | None = None
+    admin_password_hash: str | None = None  # Argon2id, PHC string format
+    admin_login_limit: str = "5 per minute"
+    # Dotted payload paths masked in the page and the API; a bare name matches at any depth.
+    pii_mask_fields: tuple[str, ...] = DEFAULT_PII_MASK_FIELDS
+    event_retention_days: int | None = None  # None: keep events forever
 
     @property
     def uses_embedded_broker(self) -> bool:
         return not self.broker_url
+
+    @property
+    def admin_login_enabled(self) -> bool:
+        return bool(self.admin_username and self.admin_password_hash)
 
     @property
     def is_sqlite(self) -> bool:
@@ -145,6 +160,31 @@ class Settings:
         except SecretFormatError as exc:
             raise ConfigError(f"WEBHOOK_SECRETS: {exc}") from None
 
+        password_hash = env.get("ADMIN_PASSWORD_HASH", "").strip() or None
+        if password_hash is not None and not password_hash.startswith("$argon2id$"):
+            raise ConfigError(
+                "ADMIN_PASSWORD_HASH must be an Argon2id hash "
+                "(make one with: python -m webhooks_app.admin.hash_password)"
+            )
+        raw_mask = env.get("PII_MASK_FIELDS")
+        mask_fields = (
+            DEFAULT_PII_MASK_FIELDS
+            if raw_mask is None
+            else tuple(f.strip() for f in raw_mask.split(",") if f.strip())
+        )
+        login_limit = env.get("ADMIN_LOGIN_RATE_LIMIT", "").strip() or defaults.admin_login_limit
+        try:
+            parse_limit(login_limit)
+        except ValueError:
+            raise ConfigError(
+                "ADMIN_LOGIN_RATE_LIMIT must read like '5 per minute' or '20/hour'"
+            ) from None
+        retention = (
+            integer("EVENT_RETENTION_DAYS", 0, minimum=1)
+            if env.get("EVENT_RETENTION_DAYS", "").strip()
+            else None
+        )
+
         database_url = env.get("DATABASE_URL", "").strip()
         broker_url = (env.get("CELERY_BROKER_URL") or env.get("REDIS_URL") or "").strip()
         return cls(
@@ -174,4 +214,9 @@ class Settings:
             encryption_keys=encryption_keys,
             rotation_grace_hours=number("ROTATION_GRACE_HOURS", 24.0, 0, float),
             rotation_days=integer("ROTATION_DAYS", 30),
+            admin_username=env.get("ADMIN_USERNAME", "").strip() or None,
+            admin_password_hash=password_hash,
+            admin_login_limit=login_limit,
+            pii_mask_fields=mask_fields,
+            event_retention_days=retention,
         )

@@ -23,9 +23,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -153,7 +152,10 @@ class Outcome:
 @dataclass(frozen=True)
 class _Claim:
     handler: Handler
-    token: int  # the handler's attempt counter after the claim; proves the claim is still ours
+    # (run, attempt counter after the claim): proves the claim is still ours. The run is part of
+    # it because a replay starts a new run and resets the counter.
+    run: int
+    token: int
     max_attempts: int
     number: int
     attempt_id: int
@@ -298,6 +300,7 @@ class Dispatcher:
                     states.c.lease_until,
                     states.c.next_attempt_at,
                     states.c.max_attempts,
+                    states.c.run,
                 ).where(*key)
             ).first()
             if before is None:
@@ -308,12 +311,17 @@ class Dispatcher:
                 or (before.status == HandlerStatus.RUNNING.value and before.lease_until <= now)
             )
             if not claimable:
-                return None, self._wait_for(before, now)
+                return None, self._wait_for(before.status, before.lease_until, now)
             token = before.attempts + 1
             # The conditional UPDATE is the claim: of two racing workers, one matches a row.
             claimed = session.execute(
                 update(states)
-                .where(*key, states.c.status == before.status, states.c.attempts == before.attempts)
+                .where(
+                    *key,
+                    states.c.status == before.status,
+                    states.c.run == before.run,
+                    states.c.attempts == before.attempts,
+                )
                 .values(
                     status=HandlerStatus.RUNNING.value,
                     attempts=token,
@@ -341,6 +349,7 @@ class Dispatcher:
                     event_id=event.id,
                     handler=handler.name,
                     number=number,
+                    run=before.run,
                     status=AttemptStatus.RUNNING.value,
                     started_at=now,
                 )
@@ -348,12 +357,11 @@ class Dispatcher:
             ).scalar_one()
             self._refresh_status(session, event.id, now)
         self.leases.hold(event.id, handler.name, token)
-        return _Claim(handler, token, before.max_attempts, number, attempt_id), None
+        return _Claim(handler, before.run, token, before.max_attempts, number, attempt_id), None
 
     @staticmethod
-    def _wait_for(state: Row[Any, Any, Any, Any, Any], now: datetime) -> float | None:
-        if state.status == HandlerStatus.RUNNING.value:
-            lease_until: datetime = state.lease_until
+    def _wait_for(status: str, lease_until: datetime | None, now: datetime) -> float | None:
+        if status == HandlerStatus.RUNNING.value and lease_until is not None:
             return max((lease_until - now).total_seconds(), 0.0) + 1
         return None  # finished, or failed with its own retry already scheduled
 
@@ -414,6 +422,7 @@ class Dispatcher:
                     states.c.event_id == event.id,
                     states.c.handler == claim.handler.name,
                     states.c.status == HandlerStatus.RUNNING.value,
+                    states.c.run == claim.run,
                     states.c.attempts == claim.token,
                 )
                 .values(

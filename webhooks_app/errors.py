@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, jsonify, request
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
@@ -57,6 +58,22 @@ def error_response(error: ApiError) -> Response:
     return response
 
 
+HtmlErrorPage = Callable[["ApiError"], Response]
+
+
+def use_html_errors(app: Flask, prefix: str, render: HtmlErrorPage) -> None:
+    """Answer errors under ``prefix`` (a page area, e.g. /admin) with ``render``, not JSON."""
+    app.extensions.setdefault("errors.html", []).append((prefix, render))
+
+
+def respond(error: ApiError) -> Response:
+    for prefix, render in current_app.extensions.get("errors.html", []):
+        if request.path == prefix or request.path.startswith(prefix + "/"):
+            page: Response = render(error)
+            return page
+    return error_response(error)
+
+
 def _from_http_exception(exc: HTTPException) -> ApiError:
     status = exc.code or 500
     code = (exc.name or "error").lower().replace(" ", "_")
@@ -65,25 +82,26 @@ def _from_http_exception(exc: HTTPException) -> ApiError:
 
 
 def register_error_handlers(app: Flask) -> None:
-    """JSON errors for every route, so no client ever gets an HTML error page from the API."""
-    app.register_error_handler(ApiError, error_response)
+    """JSON errors for every route, so no client ever gets an HTML error page from the API;
+    page areas registered with ``use_html_errors`` get readable HTML instead."""
+    app.register_error_handler(ApiError, respond)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         if exc.code == 413:
-            return error_response(
+            return respond(
                 ApiError(
                     413,
                     "The request body is larger than MAX_BODY_BYTES.",
                     code="body_too_large",
                 )
             )
-        return error_response(_from_http_exception(exc))
+        return respond(_from_http_exception(exc))
 
     @app.errorhandler(sa_exc.DataError)
     def _unstorable(exc: sa_exc.DataError) -> Response:
         # e.g. a NUL character, which PostgreSQL text and JSONB cannot hold.
-        return error_response(
+        return respond(
             ApiError(
                 400,
                 "The event contains a value the database cannot store.",
@@ -96,7 +114,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(sa_exc.TimeoutError)
     def _database_unavailable(exc: Exception) -> Response:
         app.logger.warning("database unavailable: %s", type(exc).__name__)
-        return error_response(
+        return respond(
             ApiError(
                 503,
                 "The event store is unavailable; nothing was stored. Retry later.",
@@ -108,4 +126,4 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         app.logger.exception("unhandled error")
-        return error_response(ApiError(500, "Internal server error.", code="internal_error"))
+        return respond(ApiError(500, "Internal server error.", code="internal_error"))

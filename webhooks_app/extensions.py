@@ -16,6 +16,8 @@ from webhooks_app.config import Settings
 PROCESS_EVENT_TASK = "workers.tasks.process_event"
 SWEEP_TASK = "workers.tasks.sweep"
 ROTATE_SUBSCRIPTIONS_TASK = "workers.tasks.rotate_subscriptions"
+PURGE_TASK = "workers.tasks.purge_expired_events"
+PURGE_INTERVAL_SECONDS = 3600.0
 
 
 class Database:
@@ -119,6 +121,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule_filename": str(settings.instance_dir / "celerybeat-schedule"),
         "include": ["workers.tasks"],
     }
+    if settings.event_retention_days is not None:
+        config["beat_schedule"]["purge_expired_events"] = {
+            "task": PURGE_TASK,
+            "schedule": PURGE_INTERVAL_SECONDS,
+        }
     if settings.uses_embedded_broker:
         queue_dir = settings.instance_dir / "broker"
         for sub in ("queue", "processed", "control"):

@@ -29,9 +29,13 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     and_,
+    delete,
     func,
+    literal,
     or_,
     select,
+    text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -148,6 +152,8 @@ class HandlerStateRow(Base):
     status: Mapped[str] = mapped_column(String(20), default=HandlerStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # in the current run
     max_attempts: Mapped[int] = mapped_column(Integer)
+    # 1 for the first run; each replay starts a new run with a fresh attempt budget.
+    run: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -163,7 +169,8 @@ class AttemptRow(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
     handler: Mapped[str] = mapped_column(String(255))
-    number: Mapped[int] = mapped_column(Integer)
+    number: Mapped[int] = mapped_column(Integer)  # per (event, handler), across runs
+    run: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     status: Mapped[str] = mapped_column(String(20))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -174,11 +181,13 @@ class AttemptRow(Base):
         Index(
             "ix_handler_attempts_event_handler_number", "event_id", "handler", "number", unique=True
         ),
-        # The database itself refuses a second success of one handler on one event.
+        # The database itself refuses a second success of one handler on one event in one run
+        # (a replay starts a new run, so a deliberate re-run may succeed again).
         Index(
             "uq_handler_attempts_one_success",
             "event_id",
             "handler",
+            "run",
             unique=True,
             postgresql_where=(status == AttemptStatus.SUCCEEDED.value),
             sqlite_where=(status == AttemptStatus.SUCCEEDED.value),
@@ -284,6 +293,7 @@ class EventFilter:
     since: datetime | None = None
     until: datetime | None = None
     data_id: str | None = None
+    search: str | None = None  # an event id or a data.id
 
 
 class CursorError(ValueError):
@@ -328,6 +338,9 @@ def list_events(
         query = query.where(EventRow.received_at < filters.until)
     if filters.data_id:
         query = query.where(EventRow.data_id == filters.data_id)
+    if filters.search:
+        # Both sides are indexed (primary key, ix_events_data_id): a bitmap OR, not a scan.
+        query = query.where(or_(EventRow.id == filters.search, EventRow.data_id == filters.search))
     if cursor:
         at, event_id = decode_cursor(cursor)
         query = query.where(
@@ -446,4 +459,99 @@ class RotationRow(Base):
         # One rotation per replaced subscription or key, however many runs race to start it.
         Index("uq_rotations_kind_old_id", "kind", "old_id", unique=True),
         Index("ix_rotations_step", "step"),
+    )
+
+
+# --- admin: status counts, deletion, audit log ------------------------------------------------
+
+# Counting stops here per status: a capped count reads at most this many index entries, so
+# the admin page's polling stays cheap however many events are stored (README, "Admin page").
+STATUS_COUNT_CAP = 10_000
+
+
+def bounded_status_counts(session: Session, *, cap: int = STATUS_COUNT_CAP) -> dict[str, int]:
+    """Events per status, each counted up to ``cap`` (``cap`` means "at least that many").
+
+    One ``LIMIT``-ed index range per status on ix_events_status_received_at instead of a
+    ``GROUP BY`` over the whole table; all in one statement, so one snapshot: an event changing
+    status meanwhile is never counted twice.
+    """
+    parts = []
+    for status in EventStatus:
+        # Selecting only the indexed column lets PostgreSQL answer from the index alone.
+        limited = (
+            select(events.c.status).where(events.c.status == status.value).limit(cap).subquery()
+        )
+        count = select(literal(status.value).label("status"), func.count().label("n"))
+        parts.append(count.select_from(limited))
+    return {row.status: int(row.n) for row in session.execute(union_all(*parts))}
+
+
+def estimated_event_total(session: Session) -> int | None:
+    """PostgreSQL's planner estimate of the row count (free); None where there is none."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    estimate = session.execute(
+        text("SELECT reltuples::bigint FROM pg_class WHERE oid = 'events'::regclass")
+    ).scalar_one_or_none()
+    return None if estimate is None or estimate < 0 else int(estimate)
+
+
+def delete_event(session: Session, event_id: str) -> EventRow | None:
+    """Delete one event with its handler states and attempts; returns what was deleted."""
+    row = session.get(EventRow, event_id)
+    if row is None:
+        return None
+    session.execute(delete(attempts).where(attempts.c.event_id == event_id))
+    session.execute(delete(handler_states).where(handler_states.c.event_id == event_id))
+    session.execute(delete(events).where(events.c.id == event_id))
+    session.expunge(row)
+    return row
+
+
+def expired_event_ids(session: Session, *, before: datetime, limit: int) -> list[str]:
+    rows = session.execute(
+        select(events.c.id)
+        .where(events.c.received_at < before)
+        .order_by(events.c.received_at)
+        .limit(limit)
+    )
+    return list(rows.scalars())
+
+
+def delete_events(session: Session, event_ids: Sequence[str]) -> int:
+    if not event_ids:
+        return 0
+    session.execute(delete(attempts).where(attempts.c.event_id.in_(event_ids)))
+    session.execute(delete(handler_states).where(handler_states.c.event_id.in_(event_ids)))
+    result = session.execute(delete(events).where(events.c.id.in_(event_ids)))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+class AuditRow(Base):
+    """One admin action: who did what to what, and when. Rows are only ever added."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(100))
+    target: Mapped[str | None] = mapped_column(String(255))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_audit_log_at_id", "at", "id"),)
+
+
+audit_log = cast(Table, AuditRow.__table__)
+
+
+def handler_states_for(session: Session, event_id: str) -> list[HandlerStateRow]:
+    return list(
+        session.scalars(
+            select(HandlerStateRow)
+            .where(HandlerStateRow.event_id == event_id)
+            .order_by(HandlerStateRow.handler)
+        )
     )

@@ -6,9 +6,14 @@ import logging
 
 from celery import shared_task
 
-from webhooks_app import dispatch
+from webhooks_app import dispatch, retention
 from webhooks_app.assisters import AssistersError
-from webhooks_app.extensions import PROCESS_EVENT_TASK, ROTATE_SUBSCRIPTIONS_TASK, SWEEP_TASK
+from webhooks_app.extensions import (
+    PROCESS_EVENT_TASK,
+    PURGE_TASK,
+    ROTATE_SUBSCRIPTIONS_TASK,
+    SWEEP_TASK,
+)
 from webhooks_app.service import current_service
 from webhooks_app.subscriptions import SubscriptionError
 
@@ -44,3 +49,9 @@ def rotate_subscriptions() -> list[str]:
     for message in messages:
         log.info("%s", message)
     return messages
+
+
+@shared_task(name=PURGE_TASK)
+def purge_expired_events() -> int:
+    service = current_service()
+    return retention.purge_expired(service.db.sessions, service.settings.event_retention_days)

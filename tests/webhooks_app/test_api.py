@@ -25,8 +25,10 @@ def test_token_is_required(client: FlaskClient) -> None:
     assert wrong.status_code == 401
 
 
-def test_api_is_disabled_without_a_token(settings: Settings) -> None:
-    app = create_app(settings.replace(admin_api_token=None))
+def test_api_is_disabled_without_a_token_or_admin_login(settings: Settings) -> None:
+    app = create_app(
+        settings.replace(admin_api_token=None, admin_username=None, admin_password_hash=None)
+    )
     response = app.test_client().get("/api/events", headers={"Authorization": "Bearer x"})
     assert response.status_code == 404
     assert response.get_json()["error"]["code"] == "api_disabled"

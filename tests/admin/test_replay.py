@@ -1,0 +1,195 @@
+"""Replay: a new run of chosen handlers; attempts are appended, never rewritten."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from webhooks_app import replay
+from webhooks_app.config import Settings
+from webhooks_app.service import Service
+from webhooks_app.store import (
+    AttemptRow,
+    EventRow,
+    EventStatus,
+    HandlerStateRow,
+    HandlerStatus,
+)
+
+PostEvent = Callable[..., Any]
+ALERT = "tests.support.handlers.alert"  # model.failed, max_attempts=3
+RECORD = "tests.support.handlers.record"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # No backoff: a failed handler is due again at once, so tests drive retries directly.
+    return settings.replace(retry_base_seconds=0.0)
+
+
+def attempts(service: Service, event_id: str) -> list[tuple[str, int, int, str, str | None]]:
+    with service.db.transaction() as session:
+        rows = session.scalars(
+            select(AttemptRow).where(AttemptRow.event_id == event_id).order_by(AttemptRow.id)
+        )
+        return [(a.handler, a.number, a.run, a.status, a.error) for a in rows]
+
+
+def state(service: Service, event_id: str, handler: str) -> HandlerStateRow:
+    with service.db.transaction() as session:
+        row = session.get(HandlerStateRow, (event_id, handler))
+        assert row is not None
+        return row
+
+
+def event_status(service: Service, event_id: str) -> str:
+    with service.db.transaction() as session:
+        row = session.get(EventRow, event_id)
+        assert row is not None
+        return row.status
+
+
+def make_dead(service: Service, post_event: PostEvent, event_id: str) -> None:
+    post_event(
+        "model.failed", {"id": "m", "fail_handler": "alert", "fail_times": 3}, msg_id=event_id
+    )
+    for _ in range(3):
+        service.dispatcher.process_event(event_id)
+    assert event_status(service, event_id) == EventStatus.DEAD
+
+
+def test_replaying_a_dead_event_appends_a_new_run(
+    client: FlaskClient, auth_headers: dict[str, str], post_event: PostEvent, service: Service
+) -> None:
+    make_dead(service, post_event, "msg_dead")
+    before = attempts(service, "msg_dead")
+    assert [(n, run, status) for _, n, run, status, _ in before] == [
+        (1, 1, "failed"),
+        (2, 1, "failed"),
+        (3, 1, "failed"),
+    ]
+
+    response = client.post("/api/events/msg_dead/replay", headers=auth_headers)
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json() == {
+        "id": "msg_dead",
+        "object": "event.replay",
+        "handlers": [ALERT],
+        "status": "queued",
+    }
+    assert event_status(service, "msg_dead") == EventStatus.QUEUED
+    fresh = state(service, "msg_dead", ALERT)
+    assert (fresh.status, fresh.attempts, fresh.run) == (HandlerStatus.PENDING, 0, 2)
+
+    service.dispatcher.process_event("msg_dead")  # attempt 4 > fail_times: succeeds
+    after = attempts(service, "msg_dead")
+    assert after[:3] == before  # history untouched
+    assert after[3][1:4] == (4, 2, "succeeded")
+    assert event_status(service, "msg_dead") == EventStatus.SUCCEEDED
+
+
+def test_a_replayed_run_gets_a_fresh_attempt_budget(
+    post_event: PostEvent, service: Service
+) -> None:
+    make_dead(service, post_event, "msg_budget")
+    with service.db.transaction() as session:
+        replay.reset_for_replay(
+            session, "msg_budget", registry=service.registry, settings=service.settings
+        )
+    # fail_times 3 was exhausted, so make it fail forever: three more attempts, then dead.
+    with service.db.transaction() as session:
+        row = session.get(EventRow, "msg_budget")
+        assert row is not None
+        row.payload = {**row.payload, "data": {**row.payload["data"], "fail_times": 99}}
+    for _ in range(3):
+        service.dispatcher.process_event("msg_budget")
+    numbers = [(n, run, s) for _, n, run, s, _ in attempts(service, "msg_budget")]
+    assert numbers[3:] == [(4, 2, "failed"), (5, 2, "failed"), (6, 2, "failed")]
+    assert event_status(service, "msg_budget") == EventStatus.DEAD
+
+
+def test_a_succeeded_event_can_be_run_again(post_event: PostEvent, service: Service) -> None:
+    post_event("chat.completion", {"id": "c"}, msg_id="msg_again")
+    service.dispatcher.process_event("msg_again")
+    with service.db.transaction() as session:
+        replay.reset_for_replay(
+            session, "msg_again", registry=service.registry, settings=service.settings
+        )
+    service.dispatcher.process_event("msg_again")
+    # Two successes, one per run: the one-success-per-run index allows exactly this.
+    assert [(n, run, s) for _, n, run, s, _ in attempts(service, "msg_again")] == [
+        (1, 1, "succeeded"),
+        (2, 2, "succeeded"),
+    ]
+
+
+def test_replaying_one_handler_leaves_the_others(
+    client: FlaskClient, auth_headers: dict[str, str], post_event: PostEvent, service: Service
+) -> None:
+    post_event("multi.step", {"id": "s"}, msg_id="msg_one")
+    service.dispatcher.process_event("msg_one")
+    step_one = "tests.support.handlers.step_one"
+    response = client.post(
+        "/api/events/msg_one/replay", json={"handler": step_one}, headers=auth_headers
+    )
+    assert response.status_code == 202
+    assert response.get_json()["handlers"] == [step_one]
+    service.dispatcher.process_event("msg_one")
+    ran = [(h.rsplit(".", 1)[1], n, run) for h, n, run, _, _ in attempts(service, "msg_one")]
+    assert sorted(ran) == [("step_one", 1, 1), ("step_one", 2, 2), ("step_two", 1, 1)]
+
+
+def test_a_running_handler_is_not_replayed(
+    client: FlaskClient, auth_headers: dict[str, str], post_event: PostEvent, service: Service
+) -> None:
+    post_event("chat.completion", {"id": "c"}, msg_id="msg_busy")
+    service.dispatcher.process_event("msg_busy")
+    with service.db.transaction() as session:
+        row = session.get(HandlerStateRow, ("msg_busy", RECORD))
+        assert row is not None
+        row.status = HandlerStatus.RUNNING
+    response = client.post("/api/events/msg_busy/replay", headers=auth_headers)
+    assert response.status_code == 409
+    assert response.get_json()["error"]["code"] == "handler_running"
+    assert state(service, "msg_busy", RECORD).run == 1
+
+
+def test_replay_refusals(
+    client: FlaskClient, auth_headers: dict[str, str], post_event: PostEvent
+) -> None:
+    post_event("chat.completion", {"id": "c"}, msg_id="msg_refuse")
+    post_event("nobody.handles", {"id": "n"}, msg_id="msg_unhandled")
+    cases = [
+        ("/api/events/nope/replay", None, 404, "event_not_found"),
+        ("/api/events/msg_refuse/replay", {"handler": "nope"}, 400, "unknown_handler"),
+        ("/api/events/msg_refuse/replay", {"handler": 3}, 400, "invalid_parameter"),
+        ("/api/events/msg_refuse/replay", [1], 400, "invalid_json"),
+        ("/api/events/msg_unhandled/replay", None, 409, "no_handlers"),
+    ]
+    for path, body, status, code in cases:
+        response = client.post(path, json=body, headers=auth_headers)
+        assert response.status_code == status, (path, body, response.get_json())
+        assert response.get_json()["error"]["code"] == code
+
+
+def test_bulk_selection_takes_only_failed_and_dead(post_event: PostEvent, service: Service) -> None:
+    make_dead(service, post_event, "msg_sel_dead")
+    post_event("model.failed", {"id": "f", "fail_handler": "alert"}, msg_id="msg_sel_failed")
+    service.dispatcher.process_event("msg_sel_failed")
+    post_event("chat.completion", {"id": "ok"}, msg_id="msg_sel_ok")
+    service.dispatcher.process_event("msg_sel_ok")
+    with service.db.transaction() as session:
+        chosen = replay.replayable_ids(session, replay.EventFilter())
+        assert set(chosen) == {"msg_sel_dead", "msg_sel_failed"}
+        only_dead = replay.replayable_ids(session, replay.EventFilter(status="dead"))
+        assert only_dead == ["msg_sel_dead"]
+        assert replay.replayable_ids(session, replay.EventFilter(status="succeeded")) == []
+        result = replay.replay_many(
+            session, chosen, registry=service.registry, settings=service.settings
+        )
+    assert set(result.replayed) == {"msg_sel_dead", "msg_sel_failed"}
+    assert result.skipped == {}

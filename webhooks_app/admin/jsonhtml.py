@@ -1,0 +1,80 @@
+"""Payload JSON as syntax-highlighted HTML, built server-side with every piece of text escaped.
+
+No payload text ever reaches the browser as markup: keys and values go through
+``markupsafe.escape`` and only this module's own ``<span>`` and ``<button>`` tags are markup.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from markupsafe import Markup, escape
+
+from webhooks_app.masking import MASK, to_pointer
+
+INDENT = "  "
+
+
+def highlight(
+    value: Any,
+    *,
+    masked: frozenset[str] = frozenset(),
+    revealed: frozenset[str] = frozenset(),
+    reveal_form: str | None = None,
+) -> Markup:
+    """``masked``/``revealed`` are JSON Pointers; a masked value gets a reveal button bound to
+    the form with id ``reveal_form`` (when given)."""
+    out: list[str] = []
+
+    def span(kind: str, text: str) -> str:
+        return f'<span class="j-{kind}">{escape(text)}</span>'
+
+    def scalar(item: Any) -> str:
+        if isinstance(item, str):
+            return span("str", json.dumps(item, ensure_ascii=False))
+        if isinstance(item, bool) or item is None:
+            return span("lit", json.dumps(item))
+        if isinstance(item, int | float):
+            return span("num", json.dumps(item))
+        return span("str", json.dumps(str(item), ensure_ascii=False))
+
+    def walk(item: Any, path: tuple[str, ...], depth: int) -> None:
+        pointer = to_pointer(path)
+        if path and pointer in masked and item == MASK:
+            out.append(span("masked", MASK))
+            if reveal_form:
+                out.append(
+                    f' <button class="reveal" type="submit" form="{escape(reveal_form)}"'
+                    f' name="pointer" value="{escape(pointer)}">reveal</button>'
+                )
+            return
+        if path and pointer in revealed:
+            out.append('<span class="j-revealed">')
+            walk(item, (), depth)
+            out.append("</span>")
+            return
+        pad, inner = INDENT * depth, INDENT * (depth + 1)
+        if isinstance(item, dict) and item:
+            out.append("{\n")
+            for index, (key, child) in enumerate(item.items()):
+                out.append(inner + span("key", json.dumps(str(key), ensure_ascii=False)) + ": ")
+                walk(child, (*path, str(key)), depth + 1)
+                out.append(",\n" if index < len(item) - 1 else "\n")
+            out.append(pad + "}")
+        elif isinstance(item, list) and item:
+            out.append("[\n")
+            for index, child in enumerate(item):
+                out.append(inner)
+                walk(child, (*path, str(index)), depth + 1)
+                out.append(",\n" if index < len(item) - 1 else "\n")
+            out.append(pad + "]")
+        elif isinstance(item, dict):
+            out.append("{}")
+        elif isinstance(item, list):
+            out.append("[]")
+        else:
+            out.append(scalar(item))
+
+    walk(value, (), 0)
+    return Markup("".join(out))  # noqa: S704 - every piece of text above is escaped

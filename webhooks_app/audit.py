@@ -1,0 +1,110 @@
+"""The audit log of admin actions (who, what, when): written in the action's own transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select
+from sqlalchemy.orm import Session
+
+from webhooks_app import store
+from webhooks_app.store import AuditRow, decode_cursor, encode_cursor, utcnow
+
+SYSTEM_ACTOR = "system"
+
+
+def record(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    target: str | None = None,
+    details: dict[str, Any] | None = None,
+    remote_addr: str | None = None,
+) -> None:
+    """Add one entry. Called inside the transaction that does the action, so both or neither."""
+    session.execute(
+        insert(store.audit_log).values(
+            at=utcnow(),
+            actor=actor[:255],
+            action=action,
+            target=None if target is None else target[:255],
+            details=details or {},
+            remote_addr=remote_addr,
+        )
+    )
+
+
+class RangeError(ValueError):
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def parse_bound(raw: str | None, param: str, *, end: bool) -> datetime | None:
+    """``2024-01-31`` (a whole day: ``end`` takes it inclusively) or an ISO 8601 moment."""
+    if raw is None or not raw.strip():
+        return None
+    raw = raw.strip()
+    try:
+        if len(raw) == 10:
+            day = date.fromisoformat(raw)
+            moment = datetime.combine(day, time(), UTC)
+            return moment + timedelta(days=1) if end else moment
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except (ValueError, OverflowError):
+        raise RangeError(
+            f"{param} must be a date (YYYY-MM-DD) or an ISO 8601 date and time.", param
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    entries: list[AuditRow]
+    next_cursor: str | None
+
+
+def list_entries(
+    session: Session,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> AuditPage:
+    """Newest first; ``start`` inclusive, ``end`` exclusive; keyset-paginated like events."""
+    query = select(AuditRow)
+    if start is not None:
+        query = query.where(AuditRow.at >= start)
+    if end is not None:
+        query = query.where(AuditRow.at < end)
+    if cursor:
+        at, raw_id = decode_cursor(cursor)
+        if not raw_id.isdigit():
+            raise store.CursorError("The cursor is not one this API returned.")
+        query = query.where(
+            or_(AuditRow.at < at, and_(AuditRow.at == at, AuditRow.id < int(raw_id)))
+        )
+    query = query.order_by(AuditRow.at.desc(), AuditRow.id.desc()).limit(limit + 1)
+    rows = list(session.scalars(query))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].at, str(rows[-1].id))
+    return AuditPage(rows, next_cursor)
+
+
+def entry_json(row: AuditRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "audit_entry",
+        "at": row.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "actor": row.actor,
+        "action": row.action,
+        "target": row.target,
+        "details": row.details,
+        "remote_addr": row.remote_addr,
+    }
