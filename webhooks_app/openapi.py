@@ -272,6 +272,22 @@ PATHS: dict[str, Any] = {
             },
         }
     },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics of the web processes (text exposition format).",
+            "tags": ["health"],
+            "security": [{"metricsToken": []}],
+            "responses": {
+                "200": {
+                    "description": "Metrics.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "401": _error("No valid bearer token (METRICS_TOKEN)."),
+                "404": _error("Metrics are disabled (no METRICS_TOKEN)."),
+            },
+        }
+    },
     "/api/events": {
         "get": {
             "operationId": "listEvents",
@@ -359,7 +375,7 @@ PATHS: dict[str, Any] = {
                             "id": {"type": "string"},
                             "object": {"type": "string", "enum": ["event.replay"]},
                             "handlers": {"type": "array", "items": {"type": "string"}},
-                            "status": {"type": "string", "enum": ["queued"]},
+                            "status": {"type": "string", "enum": ["received"]},
                         },
                     },
                     "Queued.",
@@ -466,6 +482,11 @@ def openapi_document() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "ADMIN_API_TOKEN",
+                },
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "METRICS_TOKEN",
                 },
                 "adminSession": {
                     "type": "apiKey",

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+# Metrics of the prefork pool's processes are added up through files in this directory; it
+# must be set before prometheus_client is imported (through webhooks_app).
+os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="webhooks-worker-metrics-")
+)
+
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
-from webhooks_app import create_app
+from webhooks_app import create_app, metrics
 from webhooks_app.service import Service
 
 flask_app = create_app()
@@ -19,3 +28,15 @@ app = celery
 def _reset_pool_after_fork(**_: Any) -> None:
     service: Service = flask_app.extensions["webhooks"]
     service.db.after_fork()
+
+
+@worker_process_shutdown.connect
+def _mark_metrics_dead(pid: int | None = None, **_: Any) -> None:
+    metrics.mark_process_dead(pid or os.getpid())
+
+
+@worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    port = os.environ.get("WORKER_METRICS_PORT", "").strip()
+    if port:
+        metrics.serve_worker_metrics(int(port))
