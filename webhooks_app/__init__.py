@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -11,6 +9,7 @@ from webhooks_app.config import Settings
 from webhooks_app.dispatch import Dispatcher, Relay
 from webhooks_app.events import Event
 from webhooks_app.extensions import Database, celery_init_app, celery_publisher
+from webhooks_app.logs import configure_logging
 from webhooks_app.registry import load_handlers, on, registry
 from webhooks_app.service import Service
 
@@ -27,15 +26,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     # One proxy (the platform's router) sets X-Forwarded-For/-Proto in front of gunicorn.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
 
     db = Database()
     db.configure(settings)
     celery = celery_init_app(app, settings)
     load_handlers(settings.handlers_module)
-    publish = celery_publisher(celery)
+    publish = celery_publisher(celery, settings.handoff_batch_size)
     service = Service(
         settings=settings,
         db=db,
@@ -51,14 +48,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     service.subscriptions.check_stored_secrets()
     app.extensions["webhooks"] = service
 
-    from webhooks_app import admin, api, cli, errors, health, receiver
+    from webhooks_app import admin, api, cli, errors, health, metrics, receiver
+
+    service.dispatcher.observer = metrics.MetricsObserver()
 
     errors.register_error_handlers(app)
     app.register_blueprint(receiver.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(metrics.bp)
     # CSRF covers every other state-changing route; the webhook endpoints are signed instead,
-    # and the JSON API checks CSRF itself for cookie-authenticated calls.
-    admin.init_app(app, settings, csrf_exempt=[receiver.bp, health.bp, api.bp])
+    # the JSON API checks CSRF itself for cookie-authenticated calls, and /metrics only reads.
+    admin.init_app(app, settings, csrf_exempt=[receiver.bp, health.bp, api.bp, metrics.bp])
     cli.register(app)
+    # The delivery endpoint's common path skips Flask's per-request work (receiver.FastIntake).
+    app.wsgi_app = receiver.FastIntake(app.wsgi_app, app)  # type: ignore[method-assign]
     return app

@@ -97,6 +97,15 @@ class Settings:
     # Dotted payload paths masked in the page and the API; a bare name matches at any depth.
     pii_mask_fields: tuple[str, ...] = DEFAULT_PII_MASK_FIELDS
     event_retention_days: int | None = None  # None: keep events forever
+    # Hand-off and observability (see README, "Benchmark" and "Observability").
+    handoff_batch_size: int = 50  # event ids per Celery message, at most
+    relay_poll_seconds: float = 1.0  # the outbox relay looks even without a wake-up
+    relay_linger_seconds: float = 0.010  # after a hand-off, gather events this long
+    # Set by gunicorn.conf.py for its workers: the pipe that wakes the outbox relay process.
+    relay_wakeup_fd: int | None = None
+    log_level: str = "INFO"
+    log_format: str = "json"
+    metrics_token: str | None = None
 
     @property
     def uses_embedded_broker(self) -> bool:
@@ -184,6 +193,12 @@ class Settings:
             if env.get("EVENT_RETENTION_DAYS", "").strip()
             else None
         )
+        level = (env.get("LOG_LEVEL", "").strip() or "INFO").upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ConfigError("LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        log_format = (env.get("LOG_FORMAT", "").strip() or "json").lower()
+        if log_format not in {"json", "console"}:
+            raise ConfigError("LOG_FORMAT must be json or console")
 
         database_url = env.get("DATABASE_URL", "").strip()
         broker_url = (env.get("CELERY_BROKER_URL") or env.get("REDIS_URL") or "").strip()
@@ -219,4 +234,10 @@ class Settings:
             admin_login_limit=login_limit,
             pii_mask_fields=mask_fields,
             event_retention_days=retention,
+            handoff_batch_size=integer("HANDOFF_BATCH_SIZE", 50, minimum=1),
+            relay_linger_seconds=integer("RELAY_LINGER_MS", 10) / 1000,
+            relay_wakeup_fd=integer("WEBHOOKS_RELAY_WAKEUP_FD", 0) or None,
+            log_level=level,
+            log_format=log_format,
+            metrics_token=env.get("METRICS_TOKEN", "").strip() or None,
         )

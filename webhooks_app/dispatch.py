@@ -14,11 +14,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import random
+import select as select_module
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +34,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from webhooks_app import store
 from webhooks_app.config import Settings
 from webhooks_app.events import Event
+from webhooks_app.logs import log_context, log_event
 from webhooks_app.registry import Handler, Registry
-from webhooks_app.store import AttemptStatus, EventStatus, HandlerStatus, utcnow
+from webhooks_app.store import (
+    TERMINAL_STATUSES,
+    AttemptStatus,
+    EventStatus,
+    HandlerStatus,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,9 @@ class Relay:
         self._sessions = sessions
         self._publish = publish
         self._requeue_after = timedelta(seconds=settings.requeue_after_seconds)
+        # Under gunicorn an outbox relay process does the hand-off (see OutboxRelay); this
+        # process only wakes it up by writing a byte to a pipe.
+        self._wakeup_fd = settings.relay_wakeup_fd
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -59,6 +72,12 @@ class Relay:
         self._idle.set()
 
     def submit(self, event_id: str) -> None:
+        if self._wakeup_fd is not None:
+            # A full pipe means the relay has wake-ups pending anyway; a dead one is
+            # restarted, and meanwhile its poll and the sweep pick the event up.
+            with contextlib.suppress(OSError):
+                os.write(self._wakeup_fd, b"\0")
+            return
         self._ensure_thread()
         self._idle.clear()
         self._queue.put(event_id)
@@ -103,6 +122,74 @@ class Relay:
         self._publish(event_ids)
         with self._sessions.begin() as session:
             store.mark_queued(session, event_ids, requeue_after=self._requeue_after)
+
+
+class OutboxRelay:
+    """The hand-off as its own process: the events table is the outbox.
+
+    gunicorn's master starts one per web host (``gunicorn.conf.py``). Web workers only commit
+    and write a byte to a pipe; the relay wakes up, locks up to a batch of ``received`` events
+    (``FOR UPDATE SKIP LOCKED``, so several relays share the work), publishes them in messages
+    of several ids and marks them ``queued`` in the same transaction. A failed publish rolls
+    it back: the events stay ``received`` (what an operator sees while the broker is down) and
+    the next cycle tries again. A worker that gets a message before the commit waits for it
+    on the row lock, a millisecond or so. If the relay dies after publishing and before
+    committing, the events are still ``received``; the worker processes them, and at worst the
+    sweep publishes them once more, which the handler claims make harmless.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        publish: Publish,
+        settings: Settings,
+        *,
+        batch: int = 500,
+    ) -> None:
+        self._sessions = sessions
+        self._publish = publish
+        self._requeue_after = timedelta(seconds=settings.requeue_after_seconds)
+        self._poll = settings.relay_poll_seconds
+        self._linger = settings.relay_linger_seconds
+        self._batch = batch
+        self.stopping = threading.Event()
+
+    def relay_once(self) -> int:
+        """Hand off up to one batch of received events; returns how many."""
+        with self._sessions.begin() as session:
+            ids = store.lock_received(session, limit=self._batch)
+            if ids:
+                self._publish(ids)
+                store.mark_queued(session, ids, requeue_after=self._requeue_after)
+        return len(ids)
+
+    def serve(self, wakeup_fd: int | None, parent_pid: int | None = None) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            if parent_pid is not None and os.getppid() != parent_pid:
+                log.warning("the process that started the relay is gone; stopping")
+                return
+            try:
+                handed = self.relay_once()
+                failures = 0
+            except Exception:
+                failures += 1
+                log.warning("hand-off failed; retrying", exc_info=True)
+                self.stopping.wait(min(0.1 * 2**failures, 5.0))
+                continue
+            if handed >= self._batch:
+                continue  # more waiting: no need to sleep
+            if handed:
+                # Under load, let a few milliseconds of events gather: one cycle (a statement
+                # and a publish) then carries many, instead of one cycle per event.
+                self.stopping.wait(self._linger)
+            if wakeup_fd is None:
+                self.stopping.wait(self._poll)
+                continue
+            ready, _, _ = select_module.select([wakeup_fd], [], [], self._poll)
+            if ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wakeup_fd, 65536)  # every pending wake-up at once
 
 
 def sweep(
@@ -227,13 +314,23 @@ class Dispatcher:
         self._lease = timedelta(seconds=settings.handler_lease_seconds)
         self._grace = timedelta(seconds=settings.handoff_grace_seconds)
         self.leases = LeaseKeeper(sessions, self._lease)
+        self.observer: DispatchObserver = _NO_OBSERVER
+
+    def process_events(
+        self, event_ids: Sequence[str], only_handler: str | None = None
+    ) -> dict[str, Outcome]:
+        """Process several events (one message may carry several ids), one after another."""
+        return {
+            event_id: self.process_event(event_id, only_handler)
+            for event_id in dict.fromkeys(event_ids)
+        }
 
     def process_event(self, event_id: str, only_handler: str | None = None) -> Outcome:
         outcome = Outcome()
         with self._sessions.begin() as session:
             loaded = self._load(session, event_id)
         if loaded is None:
-            log.info("event %s no longer exists; nothing to do", event_id)
+            log_event("event no longer exists; nothing to do", event_id=event_id)
             return outcome
         event, handlers = loaded
         for handler in handlers:
@@ -383,18 +480,27 @@ class Dispatcher:
         )
 
     def _run(self, event: Event, claim: _Claim) -> BaseException | None:
-        try:
-            claim.handler.func(
-                Event(
-                    event.id, event.type, event.data, event.payload, event.received_at, claim.number
+        started = time.perf_counter()
+        error: BaseException | None = None
+        with log_context(event_id=event.id, handler=claim.handler.name):
+            try:
+                claim.handler.func(
+                    Event(
+                        event.id,
+                        event.type,
+                        event.data,
+                        event.payload,
+                        event.received_at,
+                        claim.number,
+                    )
                 )
-            )
-        except Exception as exc:
-            log.warning("handler %s failed on event %s: %r", claim.handler.name, event.id, exc)
-            return exc
-        finally:
-            self.leases.release(event.id, claim.handler.name)
-        return None
+            except Exception as exc:
+                log.warning("handler failed: %r", exc)
+                error = exc
+            finally:
+                self.leases.release(event.id, claim.handler.name)
+        self.observer.handler_ran(claim.handler.name, time.perf_counter() - started, error)
+        return error
 
     def _record(self, event: Event, claim: _Claim, error: BaseException | None) -> float | None:
         """Finish the attempt; returns the delay before a retry, if one is due."""
@@ -453,6 +559,14 @@ class Dispatcher:
             if not still_ours:
                 return None
             self._refresh_status(session, event.id, now)
+        self.observer.attempt_recorded(claim.handler.name, attempt_status.value)
+        log_event(
+            "handler attempt recorded",
+            event_id=event.id,
+            handler=claim.handler.name,
+            status=attempt_status.value,
+            attempt=claim.number,
+        )
         return retry_in
 
     def _refresh_status(self, session: Session, event_id: str, now: datetime) -> None:
@@ -485,11 +599,29 @@ class Dispatcher:
             status = EventStatus.DEAD
         else:
             status = EventStatus.SUCCEEDED
+        if status in TERMINAL_STATUSES:
+            self.observer.event_finished(status.value)
         session.execute(
             update(events)
             .where(events.c.id == event_id)
             .values(status=status.value, due_at=due, updated_at=now)
         )
+
+
+class DispatchObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def handler_ran(self, handler: str, seconds: float, error: BaseException | None) -> None:
+        return None
+
+    def attempt_recorded(self, handler: str, status: str) -> None:
+        return None
+
+    def event_finished(self, status: str) -> None:
+        return None
+
+
+_NO_OBSERVER = DispatchObserver()
 
 
 def _describe(error: BaseException) -> str:

@@ -81,6 +81,29 @@ def _from_http_exception(exc: HTTPException) -> ApiError:
     return ApiError(status, exc.description or exc.name, code=code, headers=headers)
 
 
+DATABASE_ERRORS = (
+    sa_exc.DataError,
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+)
+
+
+def database_error(exc: Exception) -> ApiError:
+    """The answer to a database error (one of ``DATABASE_ERRORS``)."""
+    if isinstance(exc, sa_exc.DataError):
+        # e.g. a NUL character, which PostgreSQL text and JSONB cannot hold.
+        return ApiError(
+            400, "The event contains a value the database cannot store.", code="unstorable_value"
+        )
+    return ApiError(
+        503,
+        "The event store is unavailable; nothing was stored. Retry later.",
+        code="service_unavailable",
+        headers={"Retry-After": "5"},
+    )
+
+
 def register_error_handlers(app: Flask) -> None:
     """JSON errors for every route, so no client ever gets an HTML error page from the API;
     page areas registered with ``use_html_errors`` get readable HTML instead."""
@@ -100,28 +123,14 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(sa_exc.DataError)
     def _unstorable(exc: sa_exc.DataError) -> Response:
-        # e.g. a NUL character, which PostgreSQL text and JSONB cannot hold.
-        return respond(
-            ApiError(
-                400,
-                "The event contains a value the database cannot store.",
-                code="unstorable_value",
-            )
-        )
+        return respond(database_error(exc))
 
     @app.errorhandler(sa_exc.OperationalError)
     @app.errorhandler(sa_exc.InterfaceError)
     @app.errorhandler(sa_exc.TimeoutError)
     def _database_unavailable(exc: Exception) -> Response:
         app.logger.warning("database unavailable: %s", type(exc).__name__)
-        return respond(
-            ApiError(
-                503,
-                "The event store is unavailable; nothing was stored. Retry later.",
-                code="service_unavailable",
-                headers={"Retry-After": "5"},
-            )
-        )
+        return respond(database_error(exc))
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

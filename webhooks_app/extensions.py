@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 from celery import Celery, Task
 from flask import Flask
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from webhooks_app.config import Settings
 
 PROCESS_EVENT_TASK = "workers.tasks.process_event"
+PROCESS_EVENTS_TASK = "workers.tasks.process_events"
 SWEEP_TASK = "workers.tasks.sweep"
 ROTATE_SUBSCRIPTIONS_TASK = "workers.tasks.rotate_subscriptions"
 PURGE_TASK = "workers.tasks.purge_expired_events"
@@ -26,16 +30,74 @@ class Database:
     def __init__(self) -> None:
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
+        self._autocommit: Engine | None = None
+        self._local = threading.local()
 
     def configure(self, settings: Settings, *, pool_size: int = 5) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
+        self.dispose()
         self._engine = make_engine(settings, pool_size=pool_size)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._autocommit = None
+        if not settings.is_sqlite:
+            # The intake's own small pool: autocommit (a statement is its own durable
+            # transaction: no BEGIN/COMMIT round trips) and no pre-ping round trip; the intake
+            # retries once on a connection found dead instead.
+            self._autocommit = make_engine(
+                settings, pool_size=2, isolation_level="AUTOCOMMIT", pre_ping=False
+            )
 
     def dispose(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
+        self._local = threading.local()
+        for engine in (self._engine, self._autocommit):
+            if engine is not None:
+                engine.dispose()
+
+    @property
+    def autocommit_engine(self) -> Engine | None:
+        """PostgreSQL only: connections in autocommit mode for single-statement writes."""
+        return self._autocommit
+
+    def execute_autocommit(self, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """Run one driver-level statement in autocommit mode; return its first row, if any.
+
+        The intake's hot path: each thread keeps one connection checked out of the autocommit
+        pool and one server-side prepared statement, so a request costs one round trip and no
+        pool or ORM bookkeeping. Errors come out as SQLAlchemy's exceptions (``DataError``,
+        ``OperationalError``, ...), like everywhere else. A connection found dead is dropped and
+        the statement retried once on a new one: only run idempotent statements here.
+        """
+        engine = self._autocommit
+        if engine is None:
+            raise RuntimeError("execute_autocommit needs PostgreSQL")
+        dbapi_error = engine.dialect.loaded_dbapi.Error
+        for attempt in (1, 2):
+            fairy: Any = getattr(self._local, "connection", None)
+            try:
+                if fairy is None or fairy.dbapi_connection is None:
+                    fairy = self._local.connection = engine.raw_connection()
+                driver: Any = fairy.driver_connection
+                cursor = driver.execute(sql, params, prepare=True)
+                row: tuple[Any, ...] | None = cursor.fetchone() if cursor.description else None
+                return row
+            except dbapi_error as exc:
+                disconnected = fairy is None or fairy.dbapi_connection is None
+                if not disconnected:
+                    driver = fairy.driver_connection
+                    disconnected = engine.dialect.is_disconnect(exc, driver, None) or driver.closed
+                    if disconnected:
+                        fairy.invalidate(exc)
+                self._local.connection = None if disconnected else fairy
+                if disconnected and attempt == 1 and fairy is not None:
+                    continue  # a stale pooled connection: once more on a new one
+                raise sa_exc.DBAPIError.instance(
+                    sql,
+                    params,
+                    exc,
+                    dbapi_error,
+                    connection_invalidated=disconnected,
+                    dialect=engine.dialect,
+                ) from exc
+        raise AssertionError("unreachable")
 
     @property
     def engine(self) -> Engine:
@@ -57,11 +119,23 @@ class Database:
 
     def after_fork(self) -> None:
         """Forked children must not share the parent's pooled connections."""
-        if self._engine is not None:
-            self._engine.dispose(close=False)
+        self._local = threading.local()
+        for engine in (self._engine, self._autocommit):
+            if engine is not None:
+                engine.dispose(close=False)
 
 
-def make_engine(settings: Settings, *, pool_size: int = 5) -> Engine:
+def _json_serializer(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def make_engine(
+    settings: Settings,
+    *,
+    pool_size: int = 5,
+    isolation_level: str | None = None,
+    pre_ping: bool = True,
+) -> Engine:
     url = settings.database_url
     if url.startswith("sqlite"):
         settings.instance_dir.mkdir(parents=True, exist_ok=True)
@@ -71,13 +145,19 @@ def make_engine(settings: Settings, *, pool_size: int = 5) -> Engine:
         # fails at once with "database is locked" instead of waiting for the busy timeout.
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine
+    options: dict[str, Any] = {}
+    if isolation_level is not None:
+        options["isolation_level"] = isolation_level
     return create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5},
+        json_serializer=_json_serializer,
+        json_deserializer=orjson.loads,
+        **options,
     )
 
 
@@ -168,12 +248,15 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     return celery_app
 
 
-def celery_publisher(celery_app: Celery) -> Callable[[Sequence[str]], None]:
-    """Publish one ``process_event`` message per id over a single broker connection."""
+def celery_publisher(celery_app: Celery, batch_size: int = 50) -> Callable[[Sequence[str]], None]:
+    """Publish ``process_events`` messages of up to ``batch_size`` ids each, over one broker
+    connection: one message (and one broker round trip and ack) for many events.
+    """
 
     def publish(event_ids: Sequence[str]) -> None:
         with celery_app.producer_or_acquire() as producer:
-            for event_id in event_ids:
-                celery_app.send_task(PROCESS_EVENT_TASK, args=[event_id], producer=producer)
+            for start in range(0, len(event_ids), batch_size):
+                chunk = list(event_ids[start : start + batch_size])
+                celery_app.send_task(PROCESS_EVENTS_TASK, args=[chunk], producer=producer)
 
     return publish

@@ -45,18 +45,31 @@ class Intake:
             self._active_secrets(), headers, body, tolerance_seconds=self._tolerance
         )
         envelope = parse_envelope(body)
-        with self._db.transaction() as session:
-            result = store.ingest(
-                session,
+        headers_kept = {name: headers[name] for name in KEPT_HEADERS if name in headers}
+        if self._db.autocommit_engine is not None:
+            result = store.ingest_autocommit(
+                self._db.execute_autocommit,
                 event_id=delivery.msg_id,
                 event_type=envelope.type,
-                payload=envelope.payload,
                 raw_body=body,
-                headers={name: headers[name] for name in KEPT_HEADERS if name in headers},
+                headers=headers_kept,
                 data_id=envelope.data_id,
                 webhook_timestamp=delivery.timestamp,
                 handoff_grace=self._grace,
             )
+        else:
+            with self._db.transaction() as session:
+                result = store.ingest(
+                    session,
+                    event_id=delivery.msg_id,
+                    event_type=envelope.type,
+                    payload=envelope.payload,
+                    raw_body=body,
+                    headers=headers_kept,
+                    data_id=envelope.data_id,
+                    webhook_timestamp=delivery.timestamp,
+                    handoff_grace=self._grace,
+                )
         if result.created:
             self._relay.submit(result.id)
         return result

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+import io
+import logging
+import time
+from typing import Any
 
-from webhooks_app.errors import ApiError
+import orjson
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy import exc as sa_exc
+
+from webhooks_app import metrics
+from webhooks_app.errors import DATABASE_ERRORS, ApiError, database_error, error_response
 from webhooks_app.events import EnvelopeError
+from webhooks_app.logs import log_event
 from webhooks_app.service import current_service
 from webhooks_app.signatures import VerificationError
 
@@ -16,7 +25,16 @@ MAX_CHALLENGE_LENGTH = 512
 
 @bp.post("/webhooks/events")
 def receive_event() -> tuple[dict[str, str], int]:
+    started = time.perf_counter()
+    try:
+        return _receive_event()
+    finally:
+        metrics.observe_intake(time.perf_counter() - started)
+
+
+def _receive_event() -> tuple[dict[str, str], int]:
     if not _is_json(request.mimetype):
+        metrics.event_received("unknown", "invalid")
         raise ApiError(
             415,
             "Send the event as application/json.",
@@ -27,10 +45,34 @@ def receive_event() -> tuple[dict[str, str], int]:
     try:
         result = current_service().intake.receive(request.headers, body)
     except VerificationError as exc:
+        metrics.signature_failed(exc.reason.value)
+        log_event(
+            "delivery refused",
+            level=logging.WARNING,
+            event_id=_safe_id(request.headers.get("webhook-id")),
+            reason=exc.reason.value,
+        )
         raise ApiError(401, str(exc), code=exc.reason.value) from None
     except EnvelopeError as exc:
+        metrics.event_received("unknown", "invalid")
         raise ApiError(400, str(exc), code=exc.code, param=exc.param) from None
-    return {"id": result.id, "status": "accepted" if result.created else "duplicate"}, 200
+    except sa_exc.DataError:
+        metrics.event_received("unknown", "unstorable")
+        raise
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
+        metrics.event_received("unknown", "unavailable")
+        raise
+    status = "accepted" if result.created else "duplicate"
+    metrics.event_received(result.type, status)
+    log_event("event received", event_id=result.id, type=result.type, status=status)
+    return {"id": result.id, "status": status}, 200
+
+
+def _safe_id(value: str | None) -> str | None:
+    """A delivery id as far as it is printable and short (it is not verified yet)."""
+    if not value:
+        return None
+    return value[:255] if value.isprintable() else None
 
 
 @bp.get("/webhooks/verify")
@@ -59,3 +101,88 @@ def _is_json(mimetype: str) -> bool:
     return mimetype == "application/json" or (
         mimetype.startswith("application/") and mimetype.endswith("+json")
     )
+
+
+class _EnvironHeaders:
+    """The few request headers the intake reads, straight from the WSGI environ."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self._environ = environ
+
+    @staticmethod
+    def _key(name: str) -> str:
+        key = name.upper().replace("-", "_")
+        return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+
+    def get(self, key: str) -> str | None:
+        value = self._environ.get(self._key(key))
+        return value if isinstance(value, str) else None
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: str, /) -> bool:
+        return self.get(key) is not None
+
+
+class FastIntake:
+    """``POST /webhooks/events`` without Flask's per-request machinery on the common path.
+
+    A WSGI middleware in front of the Flask app. It handles a well-formed delivery (JSON
+    content type, a ``Content-Length`` within ``MAX_BODY_BYTES``) by itself: the same
+    ``Intake.receive``, the same answer, metrics and log line as the blueprint. Everything else
+    (other paths and methods, refused deliveries) goes to Flask, which answers in the usual
+    error format; a refused body is handed on as it was read. Database errors are answered
+    here, as Flask would, so that a database outage is not waited for twice.
+    """
+
+    def __init__(self, wsgi_app: Any, flask_app: Any) -> None:
+        self._next = wsgi_app
+        self._flask = flask_app
+        service = flask_app.extensions["webhooks"]
+        self._intake = service.intake
+        self._max_body = service.settings.max_body_bytes
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") != "/webhooks/events" or environ["REQUEST_METHOD"] != "POST":
+            return self._next(environ, start_response)
+        mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+        length = environ.get("CONTENT_LENGTH", "")
+        if (
+            not _is_json(mimetype)
+            or not length.isdigit()
+            or int(length) > self._max_body
+            or "HTTP_TRANSFER_ENCODING" in environ
+        ):
+            return self._next(environ, start_response)
+        started = time.perf_counter()
+        body = environ["wsgi.input"].read(int(length))
+        try:
+            result = self._intake.receive(_EnvironHeaders(environ), body)
+        except DATABASE_ERRORS as exc:
+            error = database_error(exc)
+            metrics.event_received(
+                "unknown", "unstorable" if error.status == 400 else "unavailable"
+            )
+            metrics.observe_intake(time.perf_counter() - started)
+            with self._flask.app_context():
+                return error_response(error)(environ, start_response)
+        except Exception:
+            # Refused (401, 400) or unexpected: Flask answers, from the same bytes.
+            environ["wsgi.input"] = io.BytesIO(body)
+            return self._next(environ, start_response)
+        status = "accepted" if result.created else "duplicate"
+        metrics.event_received(result.type, status)
+        log_event("event received", event_id=result.id, type=result.type, status=status)
+        answer = orjson.dumps({"id": result.id, "status": status})
+        start_response(
+            "200 OK",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))],
+        )
+        metrics.observe_intake(time.perf_counter() - started)
+        return [answer]

@@ -301,6 +301,77 @@ def test_relay_failure_leaves_the_event_received_for_the_sweep(service: Service)
     assert "msg_no_broker" in overdue
 
 
+class NoHandOff:
+    def submit(self, event_id: str) -> None:
+        pass
+
+
+def store_received(service: Service, *msg_ids: str) -> None:
+    """Store events as the intake does, with no relay handing them off."""
+    from tests.support.signing import delivery
+
+    intake = type(service.intake)(service.db, NoHandOff(), service.settings, service.active_secrets)
+    for msg_id in msg_ids:
+        body, headers = delivery(msg_id=msg_id)
+        assert intake.receive({k.lower(): v for k, v in headers.items()}, body).created
+
+
+def test_the_outbox_relay_publishes_received_events_in_batches_and_marks_them_queued(
+    service: Service,
+) -> None:
+    store_received(service, "msg_o1", "msg_o2", "msg_o3")
+    published: list[list[str]] = []
+    relay = dispatch.OutboxRelay(
+        service.db.sessions, lambda ids: published.append(list(ids)), service.settings, batch=2
+    )
+    assert relay.relay_once() == 2
+    assert relay.relay_once() == 1
+    assert relay.relay_once() == 0
+    assert published == [["msg_o1", "msg_o2"], ["msg_o3"]]  # oldest first, one publish a batch
+    assert {event_status(service, i) for i in ("msg_o1", "msg_o2", "msg_o3")} == {"queued"}
+
+
+def test_a_failed_publish_leaves_events_received_and_the_next_cycle_hands_them_off(
+    service: Service,
+) -> None:
+    store_received(service, "msg_down")
+    published: list[str] = []
+    broker_up = False
+
+    def publish(ids: Any) -> None:
+        if not broker_up:
+            raise ConnectionError("broker unreachable")
+        published.extend(ids)
+
+    relay = dispatch.OutboxRelay(service.db.sessions, publish, service.settings)
+    with pytest.raises(ConnectionError):
+        relay.relay_once()
+    assert event_status(service, "msg_down") == "received"
+    broker_up = True
+    assert relay.relay_once() == 1
+    assert published == ["msg_down"]
+    assert event_status(service, "msg_down") == "queued"
+
+
+def test_two_relays_never_publish_the_same_event(service: Service) -> None:
+    store_received(service, "msg_r1", "msg_r2")
+    seen: list[str] = []
+    inner_counts: list[int] = []
+    second = dispatch.OutboxRelay(service.db.sessions, seen.extend, service.settings)
+
+    def publish_while_the_other_relay_runs(ids: Any) -> None:
+        # The first relay still holds its rows: the second skips them.
+        inner_counts.append(second.relay_once())
+        seen.extend(ids)
+
+    first = dispatch.OutboxRelay(
+        service.db.sessions, publish_while_the_other_relay_runs, service.settings, batch=1
+    )
+    assert first.relay_once() == 1
+    assert inner_counts == [1]
+    assert sorted(seen) == ["msg_r1", "msg_r2"]
+
+
 def test_a_handler_removed_from_the_registry_does_not_hold_the_event_open(
     post_event: PostEvent, service: Service, runs: Any
 ) -> None:
