@@ -254,7 +254,7 @@ def replay_event(event_id: str) -> tuple[dict[str, Any], int]:
         "id": event_id,
         "object": "event.replay",
         "handlers": list(done.handlers),
-        "status": EventStatus.QUEUED.value,
+        "status": EventStatus.RECEIVED.value,
     }, 202
 
 

@@ -148,10 +148,11 @@ def reset_for_replay(
         update(events)
         .where(events.c.id == event_id)
         .values(
-            status=EventStatus.QUEUED.value,
+            # Awaiting hand-off, like a new event: the relay publishes it after the commit,
+            # and if that fails the sweep does once this is due.
+            status=EventStatus.RECEIVED.value,
             updated_at=now,
-            # If the hand-off is lost, the sweep publishes the event again after this.
-            due_at=now + timedelta(seconds=settings.requeue_after_seconds),
+            due_at=now + timedelta(seconds=settings.handoff_grace_seconds),
         )
     )
     return Replayed(event_id, tuple(h.name for h in chosen))

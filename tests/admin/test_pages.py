@@ -380,6 +380,7 @@ def test_bulk_replay_asks_for_confirmation(
         )
     done = admin_client.post("/admin/replay", data={**form, "confirm": "yes"})
     assert done.status_code == 302
+    assert service.relay.flush()  # handed to the broker after the commit
     with service.db.transaction() as session:
         statuses = {session.get(EventRow, f"msg_bulk{n}").status for n in range(3)}  # type: ignore[union-attr]
         assert statuses == {EventStatus.QUEUED}

@@ -79,8 +79,10 @@ def test_replaying_a_dead_event_appends_a_new_run(
         "id": "msg_dead",
         "object": "event.replay",
         "handlers": [ALERT],
-        "status": "queued",
+        "status": "received",
     }
+    # Handed to the broker after the commit, like a new event.
+    assert service.relay.flush()
     assert event_status(service, "msg_dead") == EventStatus.QUEUED
     fresh = state(service, "msg_dead", ALERT)
     assert (fresh.status, fresh.attempts, fresh.run) == (HandlerStatus.PENDING, 0, 2)

@@ -37,7 +37,7 @@ GRACE = timedelta(hours=24)
 def register(live: LiveService) -> str:
     result = live.app.test_cli_runner().invoke(args=["subscriptions", "register"])
     assert result.exit_code == 0, result.output
-    return result.output.split()[1]
+    return result.stdout.split()[1]
 
 
 def deliver(live: LiveService, secret: str, msg_id: str) -> int:
@@ -239,7 +239,7 @@ def test_api_key_rotation_switches_to_the_new_key_and_deletes_the_old(
     with live.service.db.transaction() as session:
         [first] = session.scalars(select(ApiKeyRow)).all()
         first_id = first.id
-    assert result.output.strip() == (
+    assert result.stdout.strip() == (
         f"switched to API key {first_id}; the old key {emulator.api_key_id} is deleted"
     )
     old_key_answer = httpx.get(
@@ -303,7 +303,7 @@ def test_reencrypt_rewraps_every_secret_under_the_newest_key(
     finally:
         both.extensions["webhooks"].db.dispose()
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == "re-encrypted 2 secrets under the newest key"
+    assert result.stdout.strip() == "re-encrypted 2 secrets under the newest key"
 
     only_newest = create_app(live.settings.replace(encryption_keys=(newest,)))
     try:

@@ -116,7 +116,7 @@ def test_trigger_command_sends_through_the_running_emulator(
     ).raise_for_status()
     sent = runner.invoke(emulator_cli, [*args, "--data", '{"id": "chat_cli"}'])
     assert sent.exit_code == 0, sent.output
-    assert sent.output.startswith("sent model.failed msg_")
+    assert sent.stdout.startswith("sent model.failed msg_")
     wait_until(lambda: sub.received, 15, what="the delivery")
     event = json.loads(sub.received[0][0])
     assert event["event"] == "model.failed"
