@@ -1,0 +1,62 @@
+"""``python -m bench``: run the benchmark, print the table, write bench/results/<date>.json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.run import Bench, BenchmarkFailure, Options, git_revision, table, write_results
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating bare/intake rounds (median reported)"
+    )
+    parser.add_argument("--web-concurrency", type=int, default=Options.web_concurrency)
+    parser.add_argument("--worker-concurrency", type=int, default=Options.worker_concurrency)
+    parser.add_argument(
+        "--burst", type=int, default=10_000, help="events in the burst phase (0: skip it)"
+    )
+    parser.add_argument("--output", type=Path, default=None, help="where to write the JSON")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few seconds of everything (CI): no figures"
+    )
+    args = parser.parse_args(argv)
+    options = Options(
+        duration=args.duration,
+        connections=args.connections,
+        web_concurrency=args.web_concurrency,
+        worker_concurrency=args.worker_concurrency,
+        burst=args.burst,
+        rounds=args.rounds,
+        output=args.output,
+    )
+    if args.smoke:
+        options.duration, options.warmup, options.burst = 1.0, 0.2, min(args.burst, 200)
+        options.rounds = 1
+        options.smoke = True
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    bench = Bench(options)
+    try:
+        report = bench.run()
+    except BenchmarkFailure as exc:
+        print(f"BENCHMARK FAILED: {exc}", file=sys.stderr)
+        write_results(bench.report, options.output)
+        return 1
+    report.machine["revision"] = git_revision()
+    print(table(report))
+    path = write_results(report, options.output)
+    print(f"\nwritten to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,587 @@
+"""One benchmark run: phases, checks, the table and the JSON file.
+
+Phases, all in one run, on one machine, with the same gunicorn and Celery settings:
+
+1. **bare**: the bare Flask endpoint (``bench.bare_app``) under gunicorn, closed loop.
+2. **intake**: the real app, closed loop; no Celery worker runs yet, so the handlers' CPU does
+   not compete with intake (the relay still hands every event to Redis while it runs).
+3. **handlers**: a worker starts on the backlog the intake phase left; events/s from the
+   stored attempt timestamps.
+4. **celery no-op**: as many no-op tasks on the same broker, same worker settings; tasks/s.
+5. **e2e**: workers running, a fixed rate of half the measured intake rate; end-to-end latency
+   from request sent to the last handler's ``finished_at``.
+6. **burst** (optional): N events as fast as possible; how long until the backlog is drained.
+
+Finally every accepted event must have ended ``succeeded`` with exactly one (successful) attempt
+of its handler; otherwise the run fails loudly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import create_engine, text
+
+from bench import loadgen, stack
+from bench.noop_app import NOOP_QUEUE, NOOP_TASK
+from webhooks_app.signatures import generate_hmac_secret
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+APP_QUEUE = "webhooks"
+
+
+@dataclass
+class Options:
+    duration: float = 10.0
+    connections: int = 8
+    web_concurrency: int = (os.cpu_count() or 1) * 2
+    worker_concurrency: int = os.cpu_count() or 1
+    burst: int = 0
+    warmup: float = 1.0
+    rounds: int = 3
+    drain_timeout: float = 300.0
+    output: Path | None = None
+    smoke: bool = False
+
+
+class BenchmarkFailure(RuntimeError):
+    """Events were lost, run twice or not finished: the run is invalid."""
+
+
+@dataclass
+class Report:
+    started_at: str = ""
+    machine: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    phases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)
+
+
+def machine_info() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gb = 0.0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    load = os.getloadavg()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": memory_gb,
+        "python": platform.python_version(),
+        "hostname": socket.gethostname(),
+        "loadavg_at_start": [round(x, 2) for x in load],
+    }
+
+
+def _load_phase(result: loadgen.LoadResult, client_cpu: float) -> dict[str, Any]:
+    summary = result.summary()
+    counts = result.per_connection
+    return {
+        "requests": result.ok,
+        "requests_per_second": round(result.requests_per_second, 1),
+        "elapsed_s": round(result.elapsed, 3),
+        "ack_p50_ms": round(summary.p50_ms, 2),
+        "ack_p90_ms": round(summary.p90_ms, 2),
+        "ack_p99_ms": round(summary.p99_ms, 2),
+        "ack_max_ms": round(summary.max_ms, 2),
+        "errors": result.failed,
+        "statuses": {str(k): v for k, v in result.statuses.items()},
+        "client_errors": result.errors,
+        "accepted": len(result.accepted),
+        "duplicates": len(result.duplicates),
+        "reconnects": result.reconnects,
+        # How evenly the connections were served (keep-alive imbalance shows here).
+        "per_connection_min_max": [min(counts), max(counts)] if counts else [],
+        "client_cpu_s": round(client_cpu, 2),
+    }
+
+
+def _rounds_phase(result: loadgen.LoadResult, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    phase = _load_phase(result, 0.0)
+    rates = [r["requests_per_second"] for r in rounds]
+    phase["requests_per_second"] = round(statistics.median(rates), 1)
+    phase["rounds"] = rounds
+    for key in (
+        "server_cpu_ms_per_request",
+        "postgres_cpu_ms_per_request",
+        "client_cpu_ms_per_request",
+    ):
+        phase[key] = round(statistics.median(r[key] for r in rounds), 3)
+    del phase["client_cpu_s"]
+    return phase
+
+
+def _backend_pids(engine: Any) -> list[int]:
+    """PostgreSQL backends serving this run's database (their CPU is part of the cost)."""
+    with engine.connect() as c:
+        return [
+            int(pid)
+            for (pid,) in c.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        ]
+
+
+class Bench:
+    def __init__(self, options: Options) -> None:
+        self.o = options
+        self.log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+        self.report = Report(
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            machine=machine_info(),
+            options={k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+        )
+        self.secret = generate_hmac_secret()
+        self.accepted: list[str] = []
+        self.processes: list[stack.Process] = []
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _env(self, database_url: str, redis_url: str) -> dict[str, str]:
+        return {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "WEBHOOK_SECRETS": self.secret,
+            "HANDLERS_MODULE": "bench.handlers",
+            "INSTANCE_DIR": str(self.log_dir / "instance"),
+            "SECRET_KEY": "bench",
+            "WEB_CONCURRENCY": str(self.o.web_concurrency),
+            "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.log_dir / "prometheus"),
+        }
+
+    def _load(
+        self, port: int, *, rate: float | None = None, duration: float, total: int | None = None
+    ) -> tuple[loadgen.LoadResult, float]:
+        signer = loadgen.Signer(self.secret, host=f"127.0.0.1:{port}")
+        cpu_before = time.process_time()
+        result = loadgen.run_load(
+            signer,
+            "127.0.0.1",
+            port,
+            connections=self.o.connections,
+            duration=duration,
+            rate=rate,
+            total=total,
+        )
+        return result, time.process_time() - cpu_before
+
+    def _measured(
+        self, port: int, server: stack.Process, engine: Any
+    ) -> tuple[loadgen.LoadResult, dict[str, Any]]:
+        """One closed-loop round, with the CPU it cost the server, PostgreSQL and the client."""
+        server_pids = server.pids()
+        pg_pids = _backend_pids(engine)
+        server_before = stack.cpu_seconds(server_pids)
+        pg_before = stack.cpu_seconds(pg_pids)
+        result, client_cpu = self._load(port, duration=self.o.duration)
+        server_cpu = stack.cpu_seconds(server_pids) - server_before
+        pg_cpu = stack.cpu_seconds(pg_pids) - pg_before
+        n = max(result.ok, 1)
+        return result, {
+            "requests_per_second": round(result.requests_per_second, 1),
+            "server_cpu_ms_per_request": round(server_cpu / n * 1000, 3),
+            "postgres_cpu_ms_per_request": round(pg_cpu / n * 1000, 3),
+            "client_cpu_ms_per_request": round(client_cpu / n * 1000, 3),
+            "loadavg": round(os.getloadavg()[0], 2),
+        }
+
+    def _start(self, process: stack.Process) -> stack.Process:
+        self.processes.append(process)
+        return process
+
+    # --- the run --------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        try:
+            with (
+                stack.temporary_database() as database_url,
+                stack.private_redis(self.log_dir) as redis_url,
+            ):
+                env = self._env(database_url, redis_url)
+                Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+                engine = create_engine(database_url)
+                try:
+                    self._phases(env, engine, redis_url)
+                finally:
+                    for process in reversed(self.processes):
+                        process.stop()
+                    engine.dispose()
+        except BaseException:
+            print(f"(process logs kept in {self.log_dir})")
+            raise
+        return self.report
+
+    def _phases(self, env: dict[str, str], engine: Any, redis_url: str) -> None:
+        o = self.o
+        phases = self.report.phases
+
+        # 1 + 2. bare Flask and intake (no worker consuming yet), both servers up, measured in
+        # alternating rounds so that a change of machine load hits both alike.
+        bare_port, port = stack.free_port(), stack.free_port()
+        bare = self._start(
+            stack.gunicorn("bench.bare_app:app", env, bare_port, self.log_dir, "bare")
+        )
+        web = self._start(stack.gunicorn("webhooks_app.wsgi:app", env, port, self.log_dir, "web"))
+        self._load(bare_port, duration=o.warmup)
+        warm, _ = self._load(port, duration=o.warmup)
+        self.accepted += warm.accepted
+        bare_rounds: list[dict[str, Any]] = []
+        intake_rounds: list[dict[str, Any]] = []
+        bare_all, intake_all = loadgen.LoadResult(), loadgen.LoadResult()
+        for _ in range(o.rounds):
+            result, cpu = self._measured(bare_port, bare, engine)
+            bare_rounds.append(cpu)
+            bare_all.merge(result)
+            result, cpu = self._measured(port, web, engine)
+            intake_rounds.append(cpu)
+            intake_all.merge(result)
+            self.accepted += result.accepted
+        phases["bare"] = _rounds_phase(bare_all, bare_rounds)
+        phases["intake"] = _rounds_phase(intake_all, intake_rounds)
+        intake_rps = phases["intake"]["requests_per_second"]
+        bare.stop()
+        self._wait_handed_off(engine)
+        backlog = len(self.accepted)
+
+        # 3. handler throughput on that backlog
+        worker = self._start(
+            stack.celery_worker(
+                "workers.celery_app", env, self.log_dir, "worker", o.worker_concurrency, APP_QUEUE
+            )
+        )
+        self._wait_finished(engine, self.accepted)
+        drained = self._drain_stats(engine, self.accepted)
+        phases["handlers"] = {"events": backlog, **drained}
+
+        # 4. Celery's own no-op drain rate, same broker and worker settings
+        phases["celery_noop"] = self._noop_drain(env, redis_url, backlog)
+
+        # 5. end to end at half the maximum intake rate (the target), and at a quarter of it
+        # (to show the latency of the pipeline when it is not queueing).
+        for name, fraction in (("e2e", 0.5), ("e2e_quarter", 0.25)):
+            rate = max(intake_rps * fraction, 1.0)
+            result, cpu = self._load(port, duration=o.duration, rate=rate)
+            self.accepted += result.accepted
+            self._wait_finished(engine, result.accepted)
+            e2e = self._e2e(engine, result)
+            phases[name] = {"target_rate": round(rate, 1), **_load_phase(result, cpu), **e2e}
+
+        # 6. burst
+        if o.burst:
+            result, cpu = self._load(port, duration=3600, total=o.burst)
+            self.accepted += result.accepted
+            self._wait_finished(engine, result.accepted)
+            burst = _load_phase(result, cpu)
+            first_sent = min(result.sent_at.values()) if result.sent_at else time.time()
+            last_done = self._last_finished(engine, result.accepted)
+            burst["drain_s"] = round(last_done - first_sent, 2)
+            burst["drain_after_last_ack_s"] = round(last_done - (first_sent + result.elapsed), 2)
+            burst["events_per_second_end_to_end"] = round(
+                len(result.accepted) / max(last_done - first_sent, 1e-9), 1
+            )
+            phases["burst"] = burst
+
+        worker.stop()
+        self.report.checks = self._check_exactly_once(engine)
+        bare_rps = phases["bare"]["requests_per_second"]
+        noop_rate = phases["celery_noop"]["tasks_per_second"]
+        self.report.ratios = {
+            "intake_vs_bare": round(intake_rps / bare_rps, 3) if bare_rps else 0.0,
+            "handlers_vs_celery_noop": round(phases["handlers"]["events_per_second"] / noop_rate, 3)
+            if noop_rate
+            else 0.0,
+        }
+
+    # --- waiting and measuring ------------------------------------------------------------
+
+    def _wait_handed_off(self, engine: Any) -> None:
+        def handed_off() -> bool:
+            with engine.connect() as c:
+                return (
+                    c.execute(
+                        text("SELECT count(*) FROM events WHERE status = 'received'")
+                    ).scalar_one()
+                    == 0
+                )
+
+        stack.wait_until(handed_off, 60, "the relay to hand every event to the broker")
+
+    def _wait_finished(self, engine: Any, ids: list[str]) -> None:
+        if not ids:
+            return
+        deadline = time.monotonic() + self.o.drain_timeout
+        while time.monotonic() < deadline:
+            with engine.connect() as c:
+                pending = c.execute(
+                    text(
+                        "SELECT count(*) FROM events WHERE id = ANY(:ids) "
+                        "AND status NOT IN ('succeeded', 'dead', 'skipped')"
+                    ),
+                    {"ids": ids},
+                ).scalar_one()
+            if pending == 0:
+                return
+            time.sleep(0.05)
+        raise BenchmarkFailure(
+            f"{pending} of {len(ids)} events not finished after {self.o.drain_timeout:.0f} s"
+        )
+
+    def _drain_stats(self, engine: Any, ids: list[str]) -> dict[str, Any]:
+        with engine.connect() as c:
+            row = c.execute(
+                text(
+                    "SELECT count(*), min(started_at), max(finished_at) FROM handler_attempts "
+                    "WHERE event_id = ANY(:ids) AND status = 'succeeded'"
+                ),
+                {"ids": ids},
+            ).one()
+        count, first, last = row
+        seconds = (last - first).total_seconds() if count else 0.0
+        return {
+            "succeeded": count,
+            "seconds": round(seconds, 3),
+            "events_per_second": round(count / seconds, 1) if seconds else 0.0,
+        }
+
+    def _last_finished(self, engine: Any, ids: list[str]) -> float:
+        with engine.connect() as c:
+            last = c.execute(
+                text("SELECT max(finished_at) FROM handler_attempts WHERE event_id = ANY(:ids)"),
+                {"ids": ids},
+            ).scalar_one()
+        return float(last.timestamp()) if last else time.time()
+
+    def _e2e(self, engine: Any, result: loadgen.LoadResult) -> dict[str, Any]:
+        with engine.connect() as c:
+            rows = c.execute(
+                text(
+                    "SELECT a.event_id, e.received_at, min(a.started_at), max(a.finished_at) "
+                    "FROM handler_attempts a JOIN events e ON e.id = a.event_id "
+                    "WHERE a.event_id = ANY(:ids) GROUP BY a.event_id, e.received_at"
+                ),
+                {"ids": result.accepted},
+            ).all()
+        total, to_claim, in_worker = [], [], []
+        for event_id, received, started, done in rows:
+            total.append(max(done.timestamp() - result.sent_at[event_id], 0.0))
+            to_claim.append(max((started - received).total_seconds(), 0.0))
+            in_worker.append(max((done - started).total_seconds(), 0.0))
+        summary = loadgen.LatencySummary.of(total)
+        return {
+            "e2e_p50_ms": round(summary.p50_ms, 2),
+            "e2e_p90_ms": round(summary.p90_ms, 2),
+            "e2e_p99_ms": round(summary.p99_ms, 2),
+            "e2e_max_ms": round(summary.max_ms, 2),
+            # Where the time goes: stored -> claimed by a worker (relay, broker, queueing),
+            # and claimed -> recorded (the handler and the worker's two transactions).
+            "stored_to_claimed_p50_ms": round(loadgen.LatencySummary.of(to_claim).p50_ms, 2),
+            "stored_to_claimed_p99_ms": round(loadgen.LatencySummary.of(to_claim).p99_ms, 2),
+            "claimed_to_done_p50_ms": round(loadgen.LatencySummary.of(in_worker).p50_ms, 2),
+            "claimed_to_done_p99_ms": round(loadgen.LatencySummary.of(in_worker).p99_ms, 2),
+        }
+
+    def _noop_drain(self, env: dict[str, str], redis_url: str, count: int) -> dict[str, Any]:
+        from bench import noop_app
+
+        count = max(count, 100)
+        client = redis.Redis.from_url(redis_url)
+        app = noop_app.app
+        app.conf.broker_url = redis_url
+        with app.producer_or_acquire() as producer:
+            for _ in range(count):
+                app.send_task(NOOP_TASK, queue=NOOP_QUEUE, producer=producer)
+        self._start(
+            stack.celery_worker(
+                "bench.noop_app", env, self.log_dir, "noop", self.o.worker_concurrency, NOOP_QUEUE
+            )
+        )
+
+        def remaining() -> int:
+            # Waiting in the list, plus taken but not yet acknowledged (late acks).
+            unacked = (
+                sum(1 for _ in client.hscan_iter("unacked")) if client.exists("unacked") else 0
+            )
+            return int(client.llen(NOOP_QUEUE)) + unacked
+
+        deadline = time.monotonic() + self.o.drain_timeout
+        while client.llen(NOOP_QUEUE) >= count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        started = time.monotonic()
+        samples: list[tuple[float, int]] = []
+        while time.monotonic() < deadline:
+            left = remaining()
+            samples.append((time.monotonic(), left))
+            if left == 0:
+                break
+            time.sleep(0.02)
+        seconds = time.monotonic() - started
+        client.close()
+        return {
+            "tasks": count,
+            "seconds": round(seconds, 3),
+            "tasks_per_second": round(count / seconds, 1) if seconds else 0.0,
+        }
+
+    # --- the guarantee --------------------------------------------------------------------
+
+    def _check_exactly_once(self, engine: Any) -> dict[str, Any]:
+        accepted = set(self.accepted)
+        with engine.connect() as c:
+            stored = {r[0]: r[1] for r in c.execute(text("SELECT id, status FROM events"))}
+            attempts = c.execute(
+                text(
+                    "SELECT event_id, count(*) AS runs, "
+                    "count(*) FILTER (WHERE status = 'succeeded') AS ok "
+                    "FROM handler_attempts GROUP BY event_id"
+                )
+            ).all()
+        runs = {event_id: (n, ok) for event_id, n, ok in attempts}
+        lost = sorted(accepted - set(stored))
+        unexpected = sorted(set(stored) - accepted)
+        not_succeeded = sorted(i for i in accepted if stored.get(i) not in (None, "succeeded"))
+        not_once = sorted(i for i in accepted if runs.get(i) != (1, 1))
+        checks = {
+            "accepted": len(accepted),
+            "stored": len(stored),
+            "lost": len(lost),
+            "stored_but_not_accepted": len(unexpected),
+            "not_succeeded": len(not_succeeded),
+            "not_exactly_once": len(not_once),
+        }
+        if lost or unexpected or not_succeeded or not_once or len(accepted) != len(self.accepted):
+            checks["examples"] = (lost + unexpected + not_succeeded + not_once)[:10]
+            self.report.checks = checks
+            raise BenchmarkFailure(f"delivery guarantee broken: {checks}")
+        checks["ok"] = True
+        return checks
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def table(report: Report) -> str:
+    p, r = report.phases, report.ratios
+    m = report.machine
+    rows: list[tuple[str, str]] = [
+        ("machine", f"{m['nproc']} cores, {m['cpu_model']}, {m['memory_gb']} GB"),
+        (
+            "settings",
+            f"{report.options['connections']} connections, "
+            f"{report.options['duration']} s per phase, "
+            f"WEB_CONCURRENCY={report.options['web_concurrency']}, "
+            f"worker concurrency={report.options['worker_concurrency']}",
+        ),
+        (
+            "bare Flask",
+            f"{p['bare']['requests_per_second']:.0f} req/s (median of {len(p['bare']['rounds'])}"
+            f" rounds; server CPU {p['bare']['server_cpu_ms_per_request']:.2f} ms/req)",
+        ),
+        (
+            "intake",
+            f"{p['intake']['requests_per_second']:.0f} req/s = {r['intake_vs_bare']:.2f}x bare "
+            f"(server CPU {p['intake']['server_cpu_ms_per_request']:.2f} + PostgreSQL "
+            f"{p['intake']['postgres_cpu_ms_per_request']:.2f} ms/req)",
+        ),
+        (
+            "intake ack latency",
+            "p50 {ack_p50_ms:.1f} / p90 {ack_p90_ms:.1f} / p99 {ack_p99_ms:.1f} / "
+            "max {ack_max_ms:.1f} ms, {errors} errors".format(**p["intake"]),
+        ),
+        ("Celery no-op drain", f"{p['celery_noop']['tasks_per_second']:.0f} tasks/s"),
+        (
+            "handler throughput",
+            f"{p['handlers']['events_per_second']:.0f} events/s = "
+            f"{r['handlers_vs_celery_noop']:.2f}x no-op",
+        ),
+        (
+            f"e2e at {p['e2e']['target_rate']:.0f} req/s",
+            "p50 {e2e_p50_ms:.1f} / p99 {e2e_p99_ms:.1f} ms (ack p99 {ack_p99_ms:.1f} ms, "
+            "{errors} errors; stored->claimed p50 {stored_to_claimed_p50_ms:.1f}, "
+            "claimed->done p50 {claimed_to_done_p50_ms:.1f} ms)".format(**p["e2e"]),
+        ),
+    ]
+    q = p["e2e_quarter"]
+    rows.append(
+        (
+            f"e2e at {q['target_rate']:.0f} req/s",
+            "p50 {e2e_p50_ms:.1f} / p99 {e2e_p99_ms:.1f} ms (ack p99 {ack_p99_ms:.1f} ms, "
+            "{errors} errors; stored->claimed p50 {stored_to_claimed_p50_ms:.1f}, "
+            "claimed->done p50 {claimed_to_done_p50_ms:.1f} ms)".format(**q),
+        )
+    )
+    if "burst" in p:
+        b = p["burst"]
+        rows.append(
+            (
+                f"burst of {b['requests']}",
+                f"acked in {b['elapsed_s']:.1f} s ({b['requests_per_second']:.0f} req/s), "
+                f"all handled {b['drain_s']:.1f} s after the first send",
+            )
+        )
+    c = report.checks
+    rows.append(
+        (
+            "exactly once",
+            f"{c['accepted']} accepted, {c['lost']} lost, {c['not_exactly_once']} not run "
+            f"exactly once: {'OK' if c.get('ok') else 'FAILED'}",
+        )
+    )
+    width = max(len(k) for k, _ in rows)
+    lines = [f"| {'what'.ljust(width)} | measured |", f"|{'-' * (width + 2)}|---|"]
+    lines += [f"| {k.ljust(width)} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def write_results(report: Report, output: Path | None) -> Path:
+    if output is None:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+        output = RESULTS_DIR / f"{stamp}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return output
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=stack.ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+__all__ = ["Bench", "BenchmarkFailure", "Options", "Report", "table"]

@@ -1,0 +1,220 @@
+"""Starting and stopping the real stack on loopback for one benchmark run.
+
+Everything is private to the run: a throwaway PostgreSQL database (dropped afterwards) on the
+configured server, a private ``redis-server`` on a free port, and gunicorn / Celery processes
+started with the production configuration (``gunicorn.conf.py``, ``workers.celery_app``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_ADMIN_URL = os.environ.get(
+    "BENCH_POSTGRES_URL",
+    os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Process:
+    """A child process in its own session, its output in ``<log_dir>/<name>.log``."""
+
+    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.args = args
+        self.env = {**os.environ, **env}
+        self.log_path = log_dir / f"{name}.log"
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        with self.log_path.open("ab") as log:
+            self.popen = subprocess.Popen(
+                self.args,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            self.popen.wait(timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+    def pids(self) -> list[int]:
+        """This process and its children (gunicorn or Celery workers), for CPU accounting."""
+        if self.popen is None:
+            return []
+        found = [self.popen.pid]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if ppid == self.popen.pid:
+                    found.append(int(entry.name))
+        return found
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@contextmanager
+def temporary_database() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database, dropped on exit."""
+    from alembic import command
+
+    from webhooks_app.cli import alembic_config
+
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        config = alembic_config(url)
+        config.attributes["configure_logging"] = False
+        command.upgrade(config, "head")
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def private_redis(log_dir: Path) -> Iterator[str]:
+    """A ``redis-server`` of our own on a free port (AOF off: it only lives for the run)."""
+    binary = shutil.which("redis-server") or "/usr/sbin/redis-server"
+    port = free_port()
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+    process = Process(
+        "redis",
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(data_dir)],
+        {},
+        log_dir,
+    ).start()
+    try:
+        wait_until(lambda: _port_open(port), 10, "redis-server")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def gunicorn(app: str, env: Mapping[str, str], port: int, log_dir: Path, name: str) -> Process:
+    """gunicorn with the production ``gunicorn.conf.py`` serving ``app`` on 127.0.0.1:port."""
+    process = Process(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            os.environ.get("BENCH_GUNICORN_CONF", str(ROOT / "gunicorn.conf.py")),
+            app,
+        ],
+        {**env, "PORT": str(port)},
+        log_dir,
+    ).start()
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 60, f"{name} to answer")
+    except RuntimeError:
+        process.stop()
+        raise RuntimeError(f"{name} did not start:\n{process.output()[-3000:]}") from None
+    return process
+
+
+def celery_worker(
+    app: str, env: Mapping[str, str], log_dir: Path, name: str, concurrency: int, queues: str
+) -> Process:
+    return Process(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "worker",
+            "--loglevel=WARNING",
+            f"--concurrency={concurrency}",
+            f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h",
+            "-Q",
+            queues,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        env,
+        log_dir,
+    ).start()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks

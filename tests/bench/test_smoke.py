@@ -1,0 +1,39 @@
+"""A few seconds of the real benchmark: it runs, and loses or double-runs nothing.
+
+No speed is asserted here, ever: figures depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import main
+from tests.support.services import POSTGRES_ADMIN_URL, temporary_postgres_database
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_benchmark_runs_and_loses_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with temporary_postgres_database():  # skips (or fails on CI) without PostgreSQL
+        pass
+    output = tmp_path / "result.json"
+    code = main(["--smoke", "--output", str(output)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(output.read_text())
+    checks = report["checks"]
+    assert checks["ok"] is True
+    assert checks["lost"] == 0
+    assert checks["not_exactly_once"] == 0
+    assert checks["not_succeeded"] == 0
+    assert checks["accepted"] > 0
+    phases = report["phases"]
+    assert phases["intake"]["errors"] == 0
+    assert phases["burst"]["accepted"] == phases["burst"]["requests"] > 0
+    assert phases["handlers"]["succeeded"] == phases["handlers"]["events"]
+    assert "| intake" in capsys.readouterr().out
+    assert POSTGRES_ADMIN_URL  # the run used (and dropped) a database of its own there
