@@ -416,3 +416,159 @@ def test_a_handler_that_outlives_its_lease_does_not_overwrite_the_takeover(
         assert state is not None
         assert (state.status, state.attempts) == ("running", 2)
     assert attempts(service, "msg_overtaken") == [("record", 1, "abandoned")]
+
+
+# --- a message's batch of events ------------------------------------------------------------
+
+
+def test_a_batch_runs_every_handler_of_every_event_once(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    post_event(msg_id="msg_b1")
+    post_event("multi.step", {"id": "x"}, msg_id="msg_b2")
+    post_event("unknown.type", {"id": "y"}, msg_id="msg_b3")
+    outcomes = service.dispatcher.process_events(["msg_b1", "msg_b2", "msg_b3", "msg_b1"])
+    assert {k: sorted(v.ran) for k, v in outcomes.items()} == {
+        "msg_b1": ["tests.support.handlers.record"],
+        "msg_b2": ["tests.support.handlers.step_one", "tests.support.handlers.step_two"],
+        "msg_b3": [],
+    }
+    assert not any(o.follow_ups for o in outcomes.values())
+    assert sorted((r["event"], r["handler"]) for r in runs()) == [
+        ("msg_b1", "record"),
+        ("msg_b2", "step_one"),
+        ("msg_b2", "step_two"),
+    ]
+    assert attempts(service, "msg_b1") == [("record", 1, "succeeded")]
+    assert sorted(attempts(service, "msg_b2")) == [
+        ("step_one", 1, "succeeded"),
+        ("step_two", 1, "succeeded"),
+    ]
+    assert [event_status(service, i) for i in ("msg_b1", "msg_b2", "msg_b3")] == [
+        "succeeded",
+        "succeeded",
+        "skipped",
+    ]
+    # The same message again (a redelivery): nothing runs, nothing is recorded.
+    again = service.dispatcher.process_events(["msg_b1", "msg_b2", "msg_b3"])
+    assert not any(o.ran or o.follow_ups for o in again.values())
+    assert len(runs()) == 3
+    assert attempts(service, "msg_b1") == [("record", 1, "succeeded")]
+
+
+def test_a_failing_handler_in_a_batch_fails_alone_and_is_retried(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    post_event(
+        "multi.step", {"id": "x", "fail_handler": "step_one", "fail_times": 1}, msg_id="msg_f"
+    )
+    post_event(msg_id="msg_fine")
+    outcomes = service.dispatcher.process_events(["msg_f", "msg_fine"])
+    [follow_up] = outcomes["msg_f"].follow_ups
+    assert follow_up.handler == "tests.support.handlers.step_one"
+    assert 0.1 <= follow_up.delay <= 0.15  # retry_base_seconds 0.1, plus jitter
+    assert sorted(attempts(service, "msg_f")) == [
+        ("step_one", 1, "failed"),
+        ("step_two", 1, "succeeded"),
+    ]
+    assert event_status(service, "msg_f") == "failed"
+    assert event_status(service, "msg_fine") == "succeeded"
+    time.sleep(follow_up.delay)
+    # A redelivered batch takes the retry through the one-event path; step_two does not rerun.
+    service.dispatcher.process_events(["msg_f", "msg_fine"])
+    assert sorted(attempts(service, "msg_f")) == [
+        ("step_one", 1, "failed"),
+        ("step_one", 2, "succeeded"),
+        ("step_two", 1, "succeeded"),
+    ]
+    assert event_status(service, "msg_f") == "succeeded"
+    assert sorted(r["handler"] for r in runs() if r["event"] == "msg_f") == [
+        "step_one",
+        "step_one",
+        "step_two",
+    ]
+
+
+def test_a_batch_leaves_a_handler_held_elsewhere_alone(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    post_event(msg_id="msg_held")
+    post_event(msg_id="msg_free")
+    with service.db.transaction() as session:
+        session.add(
+            HandlerStateRow(
+                event_id="msg_held",
+                handler="tests.support.handlers.record",
+                status="running",
+                attempts=1,
+                max_attempts=5,
+                lease_until=utcnow() + timedelta(seconds=3),
+                updated_at=utcnow(),
+            )
+        )
+    outcomes = service.dispatcher.process_events(["msg_held", "msg_free"])
+    assert outcomes["msg_held"].ran == []
+    [wait] = outcomes["msg_held"].follow_ups
+    assert 2 < wait.delay <= 4  # come back after the other worker's lease
+    assert outcomes["msg_free"].ran == ["tests.support.handlers.record"]
+    assert [r["event"] for r in runs()] == ["msg_free"]
+
+
+def test_a_batch_skips_deleted_events(post_event: PostEvent, service: Service, runs: Any) -> None:
+    post_event(msg_id="msg_here")
+    outcomes = service.dispatcher.process_events(["msg_gone", "msg_here"])
+    assert outcomes["msg_gone"].ran == []
+    assert outcomes["msg_here"].ran == ["tests.support.handlers.record"]
+
+
+def test_a_batch_claim_overtaken_during_the_run_is_recorded_abandoned(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    post_event(data={"id": "chat_slow", "sleep": 1}, msg_id="msg_batch_overtaken")
+    worker = threading.Thread(
+        target=service.dispatcher.process_events, args=(["msg_batch_overtaken"],)
+    )
+    worker.start()
+    time.sleep(0.4)
+    with service.db.transaction() as session:
+        session.execute(
+            update(store.handler_states)
+            .where(store.handler_states.c.event_id == "msg_batch_overtaken")
+            .values(attempts=2, lease_until=utcnow() + timedelta(seconds=30))
+        )
+    worker.join()
+    with service.db.transaction() as session:
+        state = session.get(
+            HandlerStateRow, ("msg_batch_overtaken", "tests.support.handlers.record")
+        )
+        assert state is not None
+        assert (state.status, state.attempts) == ("running", 2)
+    assert attempts(service, "msg_batch_overtaken") == [("record", 1, "abandoned")]
+
+
+def test_concurrent_batches_of_the_same_events_run_each_handler_once(
+    post_event: PostEvent, service: Service, runs: Any
+) -> None:
+    ids = [f"msg_c{n}" for n in range(20)]
+    for event_id in ids:
+        post_event(msg_id=event_id)
+    errors: list[BaseException] = []
+
+    def work(order: list[str]) -> None:
+        try:
+            service.dispatcher.process_events(order)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    workers = [
+        threading.Thread(target=work, args=(ids,)),
+        threading.Thread(target=work, args=(list(reversed(ids)),)),
+        threading.Thread(target=work, args=(ids[::2] + ids[1::2],)),
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+    assert sorted(r["event"] for r in runs()) == sorted(ids)
+    assert {event_status(service, i) for i in ids} == {"succeeded"}
