@@ -72,16 +72,20 @@ class Process:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
-    def stop(self, timeout: float = 20) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
         if self.popen is None or self.popen.poll() is not None:
             return
         try:
-            os.killpg(self.popen.pid, signal.SIGTERM)
+            os.killpg(self.popen.pid, sig)
             self.popen.wait(timeout)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             with suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no cleanup, no acks."""
+        self.stop(signal.SIGKILL)
 
     def pids(self) -> list[int]:
         """This process and its children (gunicorn or Celery workers), for CPU accounting."""

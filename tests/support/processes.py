@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -14,14 +11,11 @@ from pathlib import Path
 
 import httpx
 
+# One process helper for the tests and the benchmark: output in a log file, own session.
+from bench.stack import Process as Process
+from bench.stack import free_port as free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until(
@@ -33,46 +27,6 @@ def wait_until(
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-
-
-class Process:
-    """A child process with its output in a log file, stopped (and reaped) by ``stop``."""
-
-    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.args = args
-        self.env = {**os.environ, **env}
-        self.log_path = log_dir / f"{name}.log"
-        self.popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Process:
-        log = self.log_path.open("ab")
-        self.popen = subprocess.Popen(
-            self.args,
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        try:
-            os.killpg(self.popen.pid, sig)
-            self.popen.wait(timeout)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(5)
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group: no cleanup, no acks."""
-        self.stop(signal.SIGKILL)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def gunicorn(env: Mapping[str, str], port: int, log_dir: Path) -> Process:
