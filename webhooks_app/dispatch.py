@@ -534,14 +534,7 @@ class Dispatcher:
             self._refresh_statuses(session, sorted({event_id for event_id, _ in ours}), now)
         for event, claim in done:
             status = statuses[(event.id, claim.handler.name)]
-            self.observer.attempt_recorded(claim.handler.name, status.value)
-            log_event(
-                "handler attempt recorded",
-                event_id=event.id,
-                handler=claim.handler.name,
-                status=status.value,
-                attempt=claim.number,
-            )
+            self._recorded(event, claim, status)
 
     def process_event(self, event_id: str, only_handler: str | None = None) -> Outcome:
         outcome = Outcome()
@@ -776,15 +769,18 @@ class Dispatcher:
             if not still_ours:
                 return None
             self._refresh_status(session, event.id, now)
-        self.observer.attempt_recorded(claim.handler.name, attempt_status.value)
+        self._recorded(event, claim, attempt_status)
+        return retry_in
+
+    def _recorded(self, event: Event, claim: _Claim, status: AttemptStatus) -> None:
+        self.observer.attempt_recorded(claim.handler.name, status.value)
         log_event(
             "handler attempt recorded",
             event_id=event.id,
             handler=claim.handler.name,
-            status=attempt_status.value,
+            status=status.value,
             attempt=claim.number,
         )
-        return retry_in
 
     def _refresh_status(self, session: Session, event_id: str, now: datetime) -> None:
         self._refresh_statuses(session, [event_id], now)

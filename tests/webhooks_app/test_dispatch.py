@@ -396,11 +396,16 @@ def test_a_handler_removed_from_the_registry_does_not_hold_the_event_open(
         service.registry._handlers[step_two.name] = step_two
 
 
+@pytest.mark.parametrize("path", ["one event", "batch"])
 def test_a_handler_that_outlives_its_lease_does_not_overwrite_the_takeover(
-    post_event: PostEvent, service: Service, runs: Any
+    post_event: PostEvent, service: Service, runs: Any, path: str
 ) -> None:
     post_event(data={"id": "chat_slow", "sleep": 1}, msg_id="msg_overtaken")
-    worker = threading.Thread(target=service.dispatcher.process_event, args=("msg_overtaken",))
+    dispatcher = service.dispatcher
+    worker = threading.Thread(
+        target=dispatcher.process_event if path == "one event" else dispatcher.process_events,
+        args=("msg_overtaken" if path == "one event" else ["msg_overtaken"],),
+    )
     worker.start()
     time.sleep(0.4)
     # Meanwhile another worker, believing the first dead, claimed the handler (token 2).
@@ -519,31 +524,6 @@ def test_a_batch_skips_deleted_events(post_event: PostEvent, service: Service, r
     outcomes = service.dispatcher.process_events(["msg_gone", "msg_here"])
     assert outcomes["msg_gone"].ran == []
     assert outcomes["msg_here"].ran == ["tests.support.handlers.record"]
-
-
-def test_a_batch_claim_overtaken_during_the_run_is_recorded_abandoned(
-    post_event: PostEvent, service: Service, runs: Any
-) -> None:
-    post_event(data={"id": "chat_slow", "sleep": 1}, msg_id="msg_batch_overtaken")
-    worker = threading.Thread(
-        target=service.dispatcher.process_events, args=(["msg_batch_overtaken"],)
-    )
-    worker.start()
-    time.sleep(0.4)
-    with service.db.transaction() as session:
-        session.execute(
-            update(store.handler_states)
-            .where(store.handler_states.c.event_id == "msg_batch_overtaken")
-            .values(attempts=2, lease_until=utcnow() + timedelta(seconds=30))
-        )
-    worker.join()
-    with service.db.transaction() as session:
-        state = session.get(
-            HandlerStateRow, ("msg_batch_overtaken", "tests.support.handlers.record")
-        )
-        assert state is not None
-        assert (state.status, state.attempts) == ("running", 2)
-    assert attempts(service, "msg_batch_overtaken") == [("record", 1, "abandoned")]
 
 
 def test_concurrent_batches_of_the_same_events_run_each_handler_once(
