@@ -17,8 +17,12 @@ import time
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
-# Sync workers: each request is short (verify, one insert, answer); no keep-alive imbalance.
-worker_class = "sync"
+# Threads: a request spends much of its time waiting for PostgreSQL's durable commit, which
+# other threads of the process use; and a provider's (or router's) keep-alive connection is kept
+# instead of being closed after every delivery. Measured in the benchmark (README, "Benchmark").
+# WEB_THREADS also sizes each process's intake connection pool (Settings.web_threads).
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "4"))
 # A provider gives up after 10-15 s; answer or fail well before that.
 timeout = 30
 graceful_timeout = 20

@@ -99,6 +99,7 @@ class Settings:
     event_retention_days: int | None = None  # None: keep events forever
     # Hand-off and observability (see README, "Benchmark" and "Observability").
     handoff_batch_size: int = 50  # event ids per Celery message, at most
+    web_threads: int = 4  # gunicorn threads per web process (gunicorn.conf.py reads it too)
     relay_poll_seconds: float = 1.0  # the outbox relay looks even without a wake-up
     relay_linger_seconds: float = 0.010  # after a hand-off, gather events this long
     # Set by gunicorn.conf.py for its workers: the pipe that wakes the outbox relay process.
@@ -235,6 +236,7 @@ class Settings:
             pii_mask_fields=mask_fields,
             event_retention_days=retention,
             handoff_batch_size=integer("HANDOFF_BATCH_SIZE", 50, minimum=1),
+            web_threads=integer("WEB_THREADS", 4, minimum=1),
             relay_linger_seconds=integer("RELAY_LINGER_MS", 10) / 1000,
             relay_wakeup_fd=integer("WEBHOOKS_RELAY_WAKEUP_FD", 0) or None,
             log_level=level,

@@ -39,11 +39,14 @@ class Database:
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._autocommit = None
         if not settings.is_sqlite:
-            # The intake's own small pool: autocommit (a statement is its own durable
-            # transaction: no BEGIN/COMMIT round trips) and no pre-ping round trip; the intake
-            # retries once on a connection found dead instead.
+            # The intake's own pool, a connection per request thread: autocommit (a statement
+            # is its own durable transaction: no BEGIN/COMMIT round trips) and no pre-ping round
+            # trip; the intake retries once on a connection found dead instead.
             self._autocommit = make_engine(
-                settings, pool_size=2, isolation_level="AUTOCOMMIT", pre_ping=False
+                settings,
+                pool_size=settings.web_threads,
+                isolation_level="AUTOCOMMIT",
+                pre_ping=False,
             )
 
     def dispose(self) -> None:

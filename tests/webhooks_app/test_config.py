@@ -56,9 +56,11 @@ def test_values_are_read() -> None:
             "HANDLERS_MODULE": "my.handlers",
             "ADMIN_API_TOKEN": "tok",
             "SECRET_KEY": "k",
+            "WEB_THREADS": "8",
         }
     )
     assert len(settings.webhook_secrets) == 2
+    assert settings.web_threads == 8
     assert settings.webhook_tolerance_seconds == 60
     assert settings.max_body_bytes == 2048
     assert settings.handlers_module == "my.handlers"
@@ -72,6 +74,7 @@ def test_values_are_read() -> None:
         ("WEBHOOK_TOLERANCE_SECONDS", "soon"),
         ("MAX_BODY_BYTES", "0"),
         ("HANDLER_MAX_ATTEMPTS", "-1"),
+        ("WEB_THREADS", "0"),
     ],
 )
 def test_bad_numbers_stop_startup(name: str, value: str) -> None:
