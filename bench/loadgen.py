@@ -12,8 +12,9 @@ Two ways to drive load:
 * fixed rate (``rate=R``): requests are started on a schedule of ``R`` per second spread over the
   clients (a client that falls behind sends at once and the delay shows in the latency).
 
-gunicorn's sync workers close the connection after every answer; the client then reconnects,
-and the connect time is part of the measured latency, as it is for a provider.
+Connections are kept alive while the server keeps them (gunicorn's gthread workers do; sync
+workers close after every answer); when the server closes one, the client reconnects and the
+connect time is part of the measured latency, as it is for a provider.
 """
 
 from __future__ import annotations
