@@ -131,12 +131,12 @@ class OutboxRelay:
     """The hand-off as its own process: the events table is the outbox.
 
     gunicorn's master starts one per web host (``gunicorn.conf.py``). Web workers only commit
-    and write a byte to a pipe; the relay wakes up, locks up to a batch of ``received`` events
-    (``FOR UPDATE SKIP LOCKED``, so several relays share the work), publishes them in messages
-    of several ids and marks them ``queued`` in the same transaction. A failed publish rolls
-    it back: the events stay ``received`` (what an operator sees while the broker is down) and
-    the next cycle tries again. A worker that gets a message before the commit waits for it
-    on the row lock, a millisecond or so. If the relay dies after publishing and before
+    and write a byte to a pipe; the relay wakes up, marks up to a batch of ``received`` events
+    ``queued`` in one statement (``FOR UPDATE SKIP LOCKED``, so several relays share the work),
+    publishes them in messages of several ids, and only then commits. A failed publish rolls
+    the mark back: the events stay ``received`` (what an operator sees while the broker is
+    down) and the next cycle tries again. A worker that gets a message before the commit waits
+    for it on the row lock, a millisecond or so. If the relay dies after publishing and before
     committing, the events are still ``received``; the worker processes them, and at worst the
     sweep publishes them once more, which the handler claims make harmless.
     """
@@ -160,10 +160,9 @@ class OutboxRelay:
     def relay_once(self) -> int:
         """Hand off up to one batch of received events; returns how many."""
         with self._sessions.begin() as session:
-            ids = store.lock_received(session, limit=self._batch)
+            ids = store.take_received(session, limit=self._batch, requeue_after=self._requeue_after)
             if ids:
-                self._publish(ids)
-                store.mark_queued(session, ids, requeue_after=self._requeue_after)
+                self._publish(ids)  # raising rolls the mark back
         return len(ids)
 
     def serve(self, wakeup_fd: int | None, parent_pid: int | None = None) -> None:

@@ -15,8 +15,11 @@ import signal
 import sys
 from types import FrameType
 
+from sqlalchemy.orm import sessionmaker
+
 from webhooks_app import create_app
 from webhooks_app.dispatch import OutboxRelay
+from webhooks_app.extensions import make_engine
 from webhooks_app.service import Service
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("WEBHOOKS_RELAY_WAKEUP_FD", None)  # that is the web workers' end
     app = create_app()
     service: Service = app.extensions["webhooks"]
-    relay = OutboxRelay(service.db.sessions, service.publish, service.settings)
+    # Its own connection, without the pool's pre-ping round trip on every cycle: a cycle that
+    # meets a dead connection fails, and the next one gets a fresh connection.
+    engine = make_engine(service.settings, pool_size=1, pre_ping=False)
+    relay = OutboxRelay(
+        sessionmaker(engine, expire_on_commit=False), service.publish, service.settings
+    )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         relay.stopping.set()
@@ -40,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("outbox relay started")
     with app.app_context():
         relay.serve(wakeup_fd, parent_pid=os.getppid())
+    engine.dispose()
     service.db.dispose()
     return 0
 

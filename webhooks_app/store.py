@@ -321,16 +321,25 @@ def mark_queued(session: Session, event_ids: Sequence[str], *, requeue_after: ti
     )
 
 
-def lock_received(session: Session, *, limit: int) -> list[str]:
-    """Lock up to ``limit`` events not yet handed to the broker, oldest first, and return their
-    ids; rows another relay holds are skipped. The caller publishes them, then marks them
-    ``queued`` in the same transaction, so a failed publish leaves them ``received``."""
-    rows = session.execute(
+def take_received(session: Session, *, limit: int, requeue_after: timedelta) -> list[str]:
+    """Mark up to ``limit`` events not yet handed to the broker ``queued``, oldest first, and
+    return their ids; rows another relay holds are skipped. One statement. The caller publishes
+    them before it commits: a failed publish rolls the mark back and leaves them ``received``,
+    and until the commit everyone else still sees them ``received``."""
+    now = utcnow()
+    waiting = (
         select(events.c.id)
         .where(events.c.status == EventStatus.RECEIVED.value)
         .order_by(events.c.received_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        update(events)
+        .where(events.c.id.in_(waiting))
+        .values(status=EventStatus.QUEUED.value, updated_at=now, due_at=now + requeue_after)
+        .returning(events.c.id)
     )
     return list(rows.scalars())
 
