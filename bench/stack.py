@@ -143,7 +143,7 @@ def private_redis(log_dir: Path) -> Iterator[str]:
         log_dir,
     ).start()
     try:
-        wait_until(lambda: _port_open(port), 10, "redis-server")
+        wait_until(lambda: port_open(port), 10, "redis-server")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         process.stop()
@@ -166,7 +166,7 @@ def gunicorn(app: str, env: Mapping[str, str], port: int, log_dir: Path, name: s
         log_dir,
     ).start()
     try:
-        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 60, f"{name} to answer")
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), 60, f"{name} to answer")
     except RuntimeError:
         process.stop()
         raise RuntimeError(f"{name} did not start:\n{process.output()[-3000:]}") from None
@@ -199,14 +199,15 @@ def celery_worker(
     ).start()
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """The URL answers 200 (a server is up)."""
     try:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN
-from tests.support.processes import ROOT, Process, free_port, wait_until
+from tests.support.processes import ROOT, Process, answers, free_port, wait_until
 from tests.support.signing import TEST_SECRET, delivery
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +54,7 @@ def test_make_run_receives_and_processes_an_event_with_no_server(tmp_path: Path)
     ).start()
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _answers(f"{base}/healthz"), 60, 0.2, "the web process")
+        wait_until(lambda: answers(f"{base}/healthz"), 60, 0.2, "the web process")
         body, headers = delivery(data={"id": "chat_embedded"}, msg_id="msg_embedded")
         response = httpx.post(f"{base}/webhooks/events", content=body, headers=headers, timeout=10)
         assert response.json() == {"id": "msg_embedded", "status": "accepted"}
@@ -75,10 +75,3 @@ def test_make_run_receives_and_processes_an_event_with_no_server(tmp_path: Path)
         assert (tmp_path / "instance" / "webhooks.sqlite3").exists()
     finally:
         service.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -11,13 +11,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import ENCRYPTION_KEY
 from tests.support.processes import (
     ROOT,
     Process,
+    answers,
     celery_worker,
     free_port,
     gunicorn,
@@ -79,7 +79,7 @@ def test_register_trigger_and_the_handler_runs(loop_env: dict[str, str], tmp_pat
         ).start()
         processes.append(emulator)
         wait_until(
-            lambda: _answers(loop_env["EMULATOR_URL"] + "/_emulator/health"), 30, what="emulator"
+            lambda: answers(loop_env["EMULATOR_URL"] + "/_emulator/health"), 30, what="emulator"
         )
         processes.append(gunicorn(loop_env, int(loop_env["PORT"]), tmp_path))
         processes.append(celery_worker(loop_env, tmp_path, concurrency=1))
@@ -106,10 +106,3 @@ def test_register_trigger_and_the_handler_runs(loop_env: dict[str, str], tmp_pat
     finally:
         for process in reversed(processes):
             process.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

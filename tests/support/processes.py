@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import httpx
-
 # One process helper for the tests and the benchmark: output in a log file, own session.
 from bench.stack import Process as Process
+from bench.stack import answers as answers
 from bench.stack import free_port as free_port
+from bench.stack import port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +42,7 @@ def gunicorn(env: Mapping[str, str], port: int, log_dir: Path) -> Process:
         {**env, "PORT": str(port), "WEB_CONCURRENCY": env.get("WEB_CONCURRENCY", "2")},
         log_dir,
     ).start()
-    wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 30, what="gunicorn to answer")
+    wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), 30, what="gunicorn to answer")
     return process
 
 
@@ -88,17 +87,5 @@ def redis_server(port: int, log_dir: Path, data_dir: Path) -> Process:
         {},
         log_dir,
     ).start()
-    wait_until(lambda: _port_open(port), 10, what="redis-server")
+    wait_until(lambda: port_open(port), 10, what="redis-server")
     return process
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
