@@ -331,7 +331,13 @@ class Dispatcher:
         outcomes = {event_id: Outcome() for event_id in ids}
         loaded, claims, unsettled = self._claim_pending(ids)
         finished = [(loaded[event_id], claim) for event_id, claim in claims]
-        errors = [self._run(event, claim) for event, claim in finished]
+        try:
+            errors = [self._run(event, claim) for event, claim in finished]
+        finally:
+            # If the worker is stopped mid-batch, claims it never ran must not be kept alive
+            # by the lease keeper: their leases run out and another delivery takes them over.
+            for event, claim in finished:
+                self.leases.release(event.id, claim.handler.name)
         self._record_successes(
             [pair for pair, error in zip(finished, errors, strict=True) if error is None]
         )

@@ -6,6 +6,7 @@ real Celery workers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -552,3 +553,23 @@ def test_concurrent_batches_of_the_same_events_run_each_handler_once(
     assert errors == []
     assert sorted(r["event"] for r in runs()) == sorted(ids)
     assert {event_status(service, i) for i in ids} == {"succeeded"}
+
+
+def test_a_batch_stopped_midway_keeps_no_lease_alive(
+    post_event: PostEvent, service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    post_event(msg_id="msg_stop1")
+    post_event(msg_id="msg_stop2")
+    record = service.registry.get("tests.support.handlers.record")
+    assert record is not None
+
+    def interrupted(event: Any) -> None:
+        raise KeyboardInterrupt  # the worker is being stopped
+
+    monkeypatch.setitem(
+        service.registry._handlers, record.name, dataclasses.replace(record, func=interrupted)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        service.dispatcher.process_events(["msg_stop1", "msg_stop2"])
+    # Both were claimed; neither lease is renewed any more, so both can be taken over.
+    assert service.dispatcher.leases._held == {}
