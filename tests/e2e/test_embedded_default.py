@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN
-from tests.support.processes import ROOT, Process, answers, free_port, wait_until
+from tests.support.processes import Process, answers, flask, free_port, wait_until
 from tests.support.signing import TEST_SECRET, delivery
 
 pytestmark = pytest.mark.e2e
@@ -36,15 +35,7 @@ def test_make_run_receives_and_processes_an_event_with_no_server(tmp_path: Path)
         "WEB_CONCURRENCY": "2",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    migrate = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "webhooks_app", "db", "upgrade"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    migrate = flask(env, "db", "upgrade")
     assert migrate.returncode == 0, migrate.stderr
     service = Process(
         "honcho",

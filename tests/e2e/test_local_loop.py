@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +13,10 @@ import pytest
 
 from tests.conftest import ENCRYPTION_KEY
 from tests.support.processes import (
-    ROOT,
     Process,
     answers,
     celery_worker,
+    flask,
     free_port,
     gunicorn,
     wait_until,
@@ -57,18 +55,6 @@ def loop_env(postgres_url: str, redis_url: str, tmp_path: Path) -> Iterator[dict
             text("TRUNCATE subscriptions, api_keys, rotations, events, event_handlers CASCADE")
         )
     engine.dispose()
-
-
-def flask(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "webhooks_app", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_register_trigger_and_the_handler_runs(loop_env: dict[str, str], tmp_path: Path) -> None:

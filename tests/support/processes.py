@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -89,3 +91,16 @@ def redis_server(port: int, log_dir: Path, data_dir: Path) -> Process:
     ).start()
     wait_until(lambda: port_open(port), 10, what="redis-server")
     return process
+
+
+def flask(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a ``flask --app webhooks_app`` command as a user would, and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "webhooks_app", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
