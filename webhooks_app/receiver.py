@@ -9,7 +9,6 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Response, jsonify, request
-from sqlalchemy import exc as sa_exc
 
 from webhooks_app import metrics
 from webhooks_app.errors import DATABASE_ERRORS, ApiError, database_error, error_response
@@ -17,6 +16,9 @@ from webhooks_app.events import EnvelopeError
 from webhooks_app.logs import log_event
 from webhooks_app.service import current_service
 from webhooks_app.signatures import VerificationError
+from webhooks_app.store import IngestResult
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("receiver", __name__)
 
@@ -44,28 +46,44 @@ def _receive_event() -> tuple[dict[str, str], int]:
     body = request.get_data(cache=False)  # over MAX_BODY_BYTES: 413 before anything is read
     try:
         result = current_service().intake.receive(request.headers, body)
-    except VerificationError as exc:
+    except REFUSALS as exc:
+        raise refusal(exc, request.headers.get("webhook-id")) from None
+    return answer(result), 200
+
+
+# What the intake raises for a delivery it does not store, answered the same on both paths.
+REFUSALS = (VerificationError, EnvelopeError, *DATABASE_ERRORS)
+
+
+def refusal(exc: Exception, webhook_id: str | None) -> ApiError:
+    """The answer to a delivery the intake refused (one of ``REFUSALS``), counted and logged."""
+    if isinstance(exc, VerificationError):
         metrics.signature_failed(exc.reason.value)
         log_event(
             "delivery refused",
             level=logging.WARNING,
-            event_id=_safe_id(request.headers.get("webhook-id")),
+            event_id=_safe_id(webhook_id),
             reason=exc.reason.value,
         )
-        raise ApiError(401, str(exc), code=exc.reason.value) from None
-    except EnvelopeError as exc:
+        return ApiError(401, str(exc), code=exc.reason.value)
+    if isinstance(exc, EnvelopeError):
         metrics.event_received("unknown", "invalid")
-        raise ApiError(400, str(exc), code=exc.code, param=exc.param) from None
-    except sa_exc.DataError:
+        return ApiError(400, str(exc), code=exc.code, param=exc.param)
+    error = database_error(exc)
+    if error.status == 400:
         metrics.event_received("unknown", "unstorable")
-        raise
-    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
+    else:
         metrics.event_received("unknown", "unavailable")
-        raise
+        log.warning("database unavailable: %s", type(exc).__name__)
+    return error
+
+
+def answer(result: IngestResult) -> dict[str, str]:
+    """The answer to a stored (or already stored) delivery, counted and logged."""
     status = "accepted" if result.created else "duplicate"
     metrics.event_received(result.type, status)
     log_event("event received", event_id=result.id, type=result.type, status=status)
-    return {"id": result.id, "status": status}, 200
+    return {"id": result.id, "status": status}
 
 
 def _safe_id(value: str | None) -> str | None:
@@ -135,10 +153,10 @@ class FastIntake:
 
     A WSGI middleware in front of the Flask app. It handles a well-formed delivery (JSON
     content type, a ``Content-Length`` within ``MAX_BODY_BYTES``) by itself: the same
-    ``Intake.receive``, the same answer, metrics and log line as the blueprint. Everything else
-    (other paths and methods, refused deliveries) goes to Flask, which answers in the usual
-    error format; a refused body is handed on as it was read. Database errors are answered
-    here, as Flask would, so that a database outage is not waited for twice.
+    ``Intake.receive`` and the same ``answer`` or ``refusal`` as the blueprint, so a refused
+    delivery is verified once. Everything else (other paths and methods, other content types,
+    chunked or oversized bodies, an unexpected error) goes to Flask, which answers in the usual
+    error format; a body already read is handed on as it was.
     """
 
     def __init__(self, wsgi_app: Any, flask_app: Any) -> None:
@@ -164,25 +182,19 @@ class FastIntake:
         body = environ["wsgi.input"].read(int(length))
         try:
             result = self._intake.receive(_EnvironHeaders(environ), body)
-        except DATABASE_ERRORS as exc:
-            error = database_error(exc)
-            metrics.event_received(
-                "unknown", "unstorable" if error.status == 400 else "unavailable"
-            )
+        except REFUSALS as exc:
+            error = refusal(exc, environ.get("HTTP_WEBHOOK_ID"))
             metrics.observe_intake(time.perf_counter() - started)
             with self._flask.app_context():
                 return error_response(error)(environ, start_response)
         except Exception:
-            # Refused (401, 400) or unexpected: Flask answers, from the same bytes.
+            # Unexpected: Flask answers (and logs it), from the same bytes.
             environ["wsgi.input"] = io.BytesIO(body)
             return self._next(environ, start_response)
-        status = "accepted" if result.created else "duplicate"
-        metrics.event_received(result.type, status)
-        log_event("event received", event_id=result.id, type=result.type, status=status)
-        answer = orjson.dumps({"id": result.id, "status": status})
+        encoded = orjson.dumps(answer(result))
         start_response(
             "200 OK",
-            [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))],
+            [("Content-Type", "application/json"), ("Content-Length", str(len(encoded)))],
         )
         metrics.observe_intake(time.perf_counter() - started)
-        return [answer]
+        return [encoded]
