@@ -28,13 +28,13 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from webhooks_app import store
+from webhooks_app import pg_batch, store
 from webhooks_app.config import Settings
 from webhooks_app.events import Event
 from webhooks_app.logs import log_context, log_event
@@ -250,6 +250,19 @@ class _Claim:
     attempt_id: int
 
 
+class _Row(Protocol):
+    """What an event's status is derived from: a handler state row, of any query."""
+
+    @property
+    def handler(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def lease_until(self) -> datetime | None: ...
+    @property
+    def next_attempt_at(self) -> datetime | None: ...
+
+
 class LeaseKeeper:
     """Renews the leases of the handlers this process is running, from one daemon thread."""
 
@@ -291,6 +304,7 @@ class LeaseKeeper:
     def renew(self, held: dict[tuple[str, str], int]) -> None:
         states = store.handler_states
         with self._sessions.begin() as session:
+            store.lock_events(session, sorted({event_id for event_id, _ in held}))
             for (event_id, handler), token in held.items():
                 session.execute(
                     update(states)
@@ -321,27 +335,28 @@ class Dispatcher:
     def process_events(self, event_ids: Sequence[str]) -> dict[str, Outcome]:
         """Process the events of one message together.
 
-        Every handler that is simply ``pending`` (a new event, a replay) is claimed for all the
-        events in one transaction, run, and recorded, if it succeeded, in a second one: a few
-        statements for the batch instead of a dozen per event. Everything else (a failure, a
-        handler due for a retry, a running one whose lease ran out, one held elsewhere) takes
-        the one-event path, which decides every case the same way as before.
+        On PostgreSQL every handler that is simply ``pending`` (a new event, a replay) is
+        claimed for all the events in one transaction, run, and recorded, if it succeeded, in
+        a second one (``pg_batch``). Everything else (a failure, a handler due for a retry, a
+        running one whose lease ran out, one held elsewhere) takes the one-event path, which
+        decides every case the same way. SQLite, one writer at a time, takes it for all.
         """
         ids = list(dict.fromkeys(event_ids))
+        if self._settings.is_sqlite:
+            return {event_id: self.process_event(event_id) for event_id in ids}
         outcomes = {event_id: Outcome() for event_id in ids}
-        loaded, claims, unsettled = self._claim_pending(ids)
-        finished = [(loaded[event_id], claim) for event_id, claim in claims]
+        loaded, claims, unsettled = self._claim_batch(ids)
         try:
-            errors = [self._run(event, claim) for event, claim in finished]
+            errors = [self._run(event, claim) for event, claim in claims]
         finally:
             # If the worker is stopped mid-batch, claims it never ran must not be kept alive
             # by the lease keeper: their leases run out and another delivery takes them over.
-            for event, claim in finished:
+            for event, claim in claims:
                 self.leases.release(event.id, claim.handler.name)
-        self._record_successes(
-            [pair for pair, error in zip(finished, errors, strict=True) if error is None]
+        self._record_batch_successes(
+            [pair for pair, error in zip(claims, errors, strict=True) if error is None]
         )
-        for (event, claim), error in zip(finished, errors, strict=True):
+        for (event, claim), error in zip(claims, errors, strict=True):
             outcome = outcomes[event.id]
             outcome.ran.append(claim.handler.name)
             if error is not None:
@@ -357,189 +372,120 @@ class Dispatcher:
                 log_event("event no longer exists; nothing to do", event_id=event_id)
         return outcomes
 
-    def _claim_pending(
+    def _claim_batch(
         self, ids: Sequence[str]
-    ) -> tuple[dict[str, Event], list[tuple[str, _Claim]], list[str]]:
+    ) -> tuple[set[str], list[tuple[Event, _Claim]], list[str]]:
         """Claim every pending handler of these events in one transaction.
 
-        Returns the events that exist, the claims (in the order of ``ids``), and the events
-        with a registered handler that was not pending, for the one-event path.
+        Returns the ids of the events that exist, the claims (in the order of ``ids``), and
+        the events with a registered handler that was not pending, for the one-event path.
         """
-        events, states, attempts = store.events, store.handler_states, store.attempts
         now = utcnow()
+        lease_until = now + self._lease
         with self._sessions.begin() as session:
-            rows = session.execute(
-                select(events.c.id, events.c.type, events.c.payload, events.c.received_at).where(
-                    events.c.id.in_(ids)
-                )
-            ).all()
-            loaded: dict[str, Event] = {}
-            handlers: dict[str, dict[str, Handler]] = {}
-            for row in rows:
-                loaded[row.id] = Event(
-                    id=row.id,
-                    type=row.type,
-                    data=row.payload.get("data", {}),
-                    payload=row.payload,
-                    received_at=row.received_at,
-                )
-                handlers[row.id] = {h.name: h for h in self._registry.for_type(row.type)}
-            pairs = [(event_id, name) for event_id, named in handlers.items() for name in named]
-            claimed: list[Any] = []  # rows of (event_id, handler, attempts, run, max_attempts)
-            if pairs:
-                self._ensure_states(session, handlers, now)
-                # Of two racing workers, the UPDATE of one matches a pending row: the claim.
-                claimed = list(
-                    session.execute(
-                        update(states)
-                        .where(
-                            tuple_(states.c.event_id, states.c.handler).in_(pairs),
-                            states.c.status == HandlerStatus.PENDING.value,
-                        )
-                        .values(
-                            status=HandlerStatus.RUNNING.value,
-                            attempts=states.c.attempts + 1,
-                            lease_until=now + self._lease,
-                            next_attempt_at=None,
-                            updated_at=now,
-                        )
-                        .returning(
-                            states.c.event_id,
-                            states.c.handler,
-                            states.c.attempts,
-                            states.c.run,
-                            states.c.max_attempts,
-                        )
-                    ).all()
-                )
-            attempt_ids: dict[tuple[str, str], int] = {}
-            numbers: dict[tuple[str, str], int] = {}
-            if claimed:
-                keys = [(row.event_id, row.handler) for row in claimed]
-                # Attempt numbers continue across runs (a replay starts a new run).
-                numbers = {
-                    (event_id, handler): number
-                    for event_id, handler, number in session.execute(
-                        select(attempts.c.event_id, attempts.c.handler, func.max(attempts.c.number))
-                        .where(tuple_(attempts.c.event_id, attempts.c.handler).in_(keys))
-                        .group_by(attempts.c.event_id, attempts.c.handler)
+            connection = _driver_connection(session)
+            locked = pg_batch.lock_events(connection, sorted(ids), with_payload=True)
+            states = {(s.event_id, s.handler): s for s in pg_batch.read_states(connection, ids)}
+            handlers = {e.id: self._registry.for_type(e.type) for e in locked}
+            new: list[tuple[str, str, int]] = []
+            pending: list[tuple[str, str]] = []
+            for event_id, registered in handlers.items():
+                for handler in registered:
+                    state = states.get((event_id, handler.name))
+                    if state is None:
+                        max_attempts = handler.max_attempts or self._settings.default_max_attempts
+                        new.append((event_id, handler.name, max_attempts))
+                    elif state.status == HandlerStatus.PENDING.value:
+                        pending.append((event_id, handler.name))
+            claimed = pg_batch.claim(connection, new, pending, now=now, lease_until=lease_until)
+            if len(claimed) == len(new) + len(pending):
+                for c in claimed:
+                    states[(c.event_id, c.handler)] = pg_batch.State(
+                        c.event_id, c.handler, HandlerStatus.RUNNING.value, lease_until, None
                     )
-                }
-                inserted = session.execute(
-                    insert(attempts).returning(
-                        attempts.c.id, attempts.c.event_id, attempts.c.handler
-                    ),
-                    [
-                        {
-                            "event_id": row.event_id,
-                            "handler": row.handler,
-                            "number": numbers.get((row.event_id, row.handler), 0) + 1,
-                            "run": row.run,
-                            "status": AttemptStatus.RUNNING.value,
-                            "started_at": now,
-                        }
-                        for row in claimed
-                    ],
-                )
-                attempt_ids = {(r.event_id, r.handler): r.id for r in inserted}
-            self._refresh_statuses(session, list(loaded), now)
+            else:  # a claim was missed: no guessing, read what is there now
+                states = {(s.event_id, s.handler): s for s in pg_batch.read_states(connection, ids)}
+            self._write_batch_statuses(
+                connection, [(e.id, e.type) for e in locked], list(states.values()), now
+            )
 
-        by_key = {(row.event_id, row.handler): row for row in claimed}
-        claims: list[tuple[str, _Claim]] = []
+        events = {
+            e.id: Event(
+                id=e.id,
+                type=e.type,
+                data=(e.payload or {}).get("data", {}),
+                payload=e.payload or {},
+                received_at=e.received_at,
+            )
+            for e in locked
+        }
+        by_key = {(c.event_id, c.handler): c for c in claimed}
+        claims: list[tuple[Event, _Claim]] = []
         unsettled: list[str] = []
         for event_id in ids:
-            for name, handler in handlers.get(event_id, {}).items():
-                state = by_key.get((event_id, name))
-                if state is None:
+            for handler in handlers.get(event_id, []):
+                got = by_key.get((event_id, handler.name))
+                if got is None:
                     if event_id not in unsettled:
                         unsettled.append(event_id)
                     continue
                 claim = _Claim(
-                    handler,
-                    state.run,
-                    state.attempts,
-                    state.max_attempts,
-                    numbers.get((event_id, name), 0) + 1,
-                    attempt_ids[(event_id, name)],
+                    handler, got.run, got.token, got.max_attempts, got.number, got.attempt_id
                 )
-                self.leases.hold(event_id, name, claim.token)
-                claims.append((event_id, claim))
-        return loaded, claims, unsettled
+                self.leases.hold(event_id, handler.name, claim.token)
+                claims.append((events[event_id], claim))
+        return set(events), claims, unsettled
 
-    def _ensure_states(
-        self, session: Session, handlers: dict[str, dict[str, Handler]], now: datetime
-    ) -> None:
-        """Create the missing (event, handler) rows, ``pending``, in one statement."""
-        values = [
-            {
-                "event_id": event_id,
-                "handler": name,
-                "status": HandlerStatus.PENDING.value,
-                "attempts": 0,
-                "max_attempts": handler.max_attempts or self._settings.default_max_attempts,
-                "updated_at": now,
-            }
-            for event_id, named in handlers.items()
-            for name, handler in named.items()
-        ]
-        if not values:
-            return
-        dialect = session.get_bind().dialect.name
-        insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        # executemany: SQLAlchemy sends it as one multi-row INSERT, compiled once per shape.
-        session.execute(insert_(store.handler_states).on_conflict_do_nothing(), values)
-
-    def _record_successes(self, done: Sequence[tuple[Event, _Claim]]) -> None:
+    def _record_batch_successes(self, done: Sequence[tuple[Event, _Claim]]) -> None:
         """Record the successful attempts of a batch in one transaction."""
         if not done:
             return
-        states, attempts = store.handler_states, store.attempts
         now = utcnow()
         with self._sessions.begin() as session:
-            # Guarded by the claim tokens, as in ``_record``: a claim whose lease ran out and was
-            # taken over matches nothing, and that attempt decides.
-            ours = {
-                (row.event_id, row.handler)
-                for row in session.execute(
-                    update(states)
-                    .where(
-                        states.c.status == HandlerStatus.RUNNING.value,
-                        tuple_(
-                            states.c.event_id, states.c.handler, states.c.run, states.c.attempts
-                        ).in_([(e.id, c.handler.name, c.run, c.token) for e, c in done]),
+            connection = _driver_connection(session)
+            locked = pg_batch.lock_events(connection, sorted({event.id for event, _ in done}))
+            ours = pg_batch.finish_succeeded(
+                connection,
+                [
+                    pg_batch.Claimed(
+                        event.id,
+                        claim.handler.name,
+                        claim.token,
+                        claim.run,
+                        claim.max_attempts,
+                        claim.attempt_id,
+                        claim.number,
                     )
-                    .values(
-                        status=HandlerStatus.SUCCEEDED.value,
-                        lease_until=None,
-                        next_attempt_at=None,
-                        updated_at=now,
-                    )
-                    .returning(states.c.event_id, states.c.handler)
-                )
-            }
-            statuses = {
-                (e.id, c.handler.name): AttemptStatus.SUCCEEDED
-                if (e.id, c.handler.name) in ours
-                else AttemptStatus.ABANDONED
-                for e, c in done
-            }
-            for status, message in (
-                (AttemptStatus.SUCCEEDED, None),
-                (AttemptStatus.ABANDONED, _TAKEN_OVER),
-            ):
-                chosen = [
-                    c.attempt_id for e, c in done if statuses[(e.id, c.handler.name)] is status
-                ]
-                if chosen:
-                    session.execute(
-                        update(attempts)
-                        .where(attempts.c.id.in_(chosen))
-                        .values(status=status.value, finished_at=now, error=message)
-                    )
-            self._refresh_statuses(session, sorted({event_id for event_id, _ in ours}), now)
+                    for event, claim in done
+                ],
+                now=now,
+                abandoned_error=_TAKEN_OVER,
+            )
+            changed = [(e.id, e.type) for e in locked if any(key[0] == e.id for key in ours)]
+            states = pg_batch.read_states(connection, [event_id for event_id, _ in changed])
+            self._write_batch_statuses(connection, changed, states, now)
         for event, claim in done:
-            status = statuses[(event.id, claim.handler.name)]
-            self._recorded(event, claim, status)
+            ok = (event.id, claim.handler.name) in ours
+            self._recorded(event, claim, AttemptStatus.SUCCEEDED if ok else AttemptStatus.ABANDONED)
+
+    def _write_batch_statuses(
+        self,
+        connection: Any,
+        events: Sequence[tuple[str, str]],
+        states: Sequence[pg_batch.State],
+        now: datetime,
+    ) -> None:
+        """Derive and write the statuses of these (id, type) events, whose rows are locked."""
+        rows: dict[str, list[pg_batch.State]] = defaultdict(list)
+        for state in states:
+            rows[state.event_id].append(state)
+        statuses = []
+        for event_id, event_type in events:
+            status, due = self._derive_status(self._registered(event_type, rows[event_id]), now)
+            if status in TERMINAL_STATUSES:
+                self.observer.event_finished(status.value)
+            statuses.append((event_id, status.value, due))
+        pg_batch.set_statuses(connection, statuses, now=now)
 
     def process_event(self, event_id: str, only_handler: str | None = None) -> Outcome:
         outcome = Outcome()
@@ -566,9 +512,9 @@ class Dispatcher:
 
     def _load(self, session: Session, event_id: str) -> tuple[Event, list[Handler]] | None:
         row = session.execute(
-            select(store.events.c.type, store.events.c.payload, store.events.c.received_at).where(
-                store.events.c.id == event_id
-            )
+            select(store.events.c.type, store.events.c.payload, store.events.c.received_at)
+            .where(store.events.c.id == event_id)
+            .with_for_update()  # see store.lock_events
         ).first()
         if row is None:
             return None
@@ -582,23 +528,28 @@ class Dispatcher:
             received_at=row.received_at,
         )
         now = utcnow()
-        if handlers:
-            values = [
-                {
-                    "event_id": event_id,
-                    "handler": h.name,
-                    "status": HandlerStatus.PENDING.value,
-                    "attempts": 0,
-                    "max_attempts": h.max_attempts or self._settings.default_max_attempts,
-                    "updated_at": now,
-                }
-                for h in handlers
-            ]
-            dialect = session.get_bind().dialect.name
-            insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            session.execute(insert_(store.handler_states).values(values).on_conflict_do_nothing())
+        self._ensure_states(session, event_id, handlers)
         self._refresh_status(session, event_id, now)
         return event, handlers
+
+    def _ensure_states(self, session: Session, event_id: str, handlers: list[Handler]) -> None:
+        """Create the event's missing (event, handler) rows, ``pending``, in one statement."""
+        if not handlers:
+            return
+        now = utcnow()
+        values = [
+            {
+                "event_id": event_id,
+                "handler": h.name,
+                "status": HandlerStatus.PENDING.value,
+                "attempts": 0,
+                "max_attempts": h.max_attempts or self._settings.default_max_attempts,
+                "updated_at": now,
+            }
+            for h in handlers
+        ]
+        insert_ = postgresql.insert if store.on_postgresql(session) else sqlite.insert
+        session.execute(insert_(store.handler_states).values(values).on_conflict_do_nothing())
 
     def _claim(self, event: Event, handler: Handler) -> tuple[_Claim | None, float | None]:
         """Take (event, handler) if it is due; returns (claim, None) or (None, seconds to wait)."""
@@ -606,6 +557,7 @@ class Dispatcher:
         now = utcnow()
         key = (states.c.event_id == event.id, states.c.handler == handler.name)
         with self._sessions.begin() as session:
+            store.lock_events(session, [event.id])
             before = session.execute(
                 select(
                     states.c.status,
@@ -735,6 +687,7 @@ class Dispatcher:
         else:
             new_status = HandlerStatus.DEAD
         with self._sessions.begin() as session:
+            store.lock_events(session, [event.id])
             # Guarded by the claim token: if our lease ran out and another attempt took the
             # handler over, this matches nothing and that attempt decides.
             next_attempt_at = None if retry_in is None else now + timedelta(seconds=retry_in)
@@ -795,20 +748,17 @@ class Dispatcher:
         if not event_ids:
             return
         events, states = store.events, store.handler_states
-        # Serialize status updates of an event (a no-op on SQLite, whose writers queue anyway);
-        # in id order, so that two batches sharing events cannot deadlock.
-        types: dict[str, str] = {
-            event_id: event_type
-            for event_id, event_type in session.execute(
-                select(events.c.id, events.c.type)
-                .where(events.c.id.in_(event_ids))
-                .order_by(events.c.id)
-                .with_for_update()
-            )
-        }
-        # A handler since removed from handlers.py keeps its rows, but no longer holds the
-        # event open: otherwise the sweep would re-publish it forever.
-        registered = {t: {h.name for h in self._registry.for_type(t)} for t in set(types.values())}
+        arrays = store.on_postgresql(session)
+        store.lock_events(session, event_ids)
+        # Read after the lock, in a statement of its own: one that waited for the lock would
+        # still see the states of before the wait.
+        types: dict[str, str] = dict(
+            session.execute(
+                select(events.c.id, events.c.type).where(
+                    store.one_of(events.c.id, event_ids, arrays=arrays)
+                )
+            ).all()
+        )
         rows: dict[str, list[Any]] = defaultdict(list)  # each: a handler_states row
         for row in session.execute(
             select(
@@ -817,25 +767,30 @@ class Dispatcher:
                 states.c.status,
                 states.c.lease_until,
                 states.c.next_attempt_at,
-            ).where(states.c.event_id.in_(list(types)))
+            ).where(store.one_of(states.c.event_id, list(types), arrays=arrays))
         ):
-            if row.handler in registered[types[row.event_id]]:
-                rows[row.event_id].append(row)
+            rows[row.event_id].append(row)
         groups: dict[tuple[EventStatus, datetime | None], list[str]] = defaultdict(list)
-        for event_id in types:
-            status, due = self._derive_status(rows.get(event_id, []), now)
+        for event_id, event_type in types.items():
+            status, due = self._derive_status(self._registered(event_type, rows[event_id]), now)
             if status in TERMINAL_STATUSES:
                 self.observer.event_finished(status.value)
             groups[(status, due)].append(event_id)
         for (status, due), ids in groups.items():
             session.execute(
                 update(events)
-                .where(events.c.id.in_(ids))
+                .where(store.one_of(events.c.id, ids, arrays=arrays))
                 .values(status=status.value, due_at=due, updated_at=now)
             )
 
+    def _registered(self, event_type: str, rows: Sequence[_Row]) -> list[_Row]:
+        """A handler since removed from handlers.py keeps its rows, but no longer holds the
+        event open: otherwise the sweep would re-publish it forever."""
+        names = {h.name for h in self._registry.for_type(event_type)}
+        return [row for row in rows if row.handler in names]
+
     def _derive_status(
-        self, rows: Sequence[Any], now: datetime
+        self, rows: Sequence[_Row], now: datetime
     ) -> tuple[EventStatus, datetime | None]:
         statuses = {row.status for row in rows}
         if not rows:
@@ -851,6 +806,11 @@ class Dispatcher:
         if HandlerStatus.DEAD.value in statuses:
             return EventStatus.DEAD, None
         return EventStatus.SUCCEEDED, None
+
+
+def _driver_connection(session: Session) -> Any:
+    """The driver's connection (psycopg) of the session's transaction, for ``pg_batch``."""
+    return session.connection().connection.driver_connection
 
 
 class DispatchObserver:

@@ -29,6 +29,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     and_,
+    any_,
+    bindparam,
     delete,
     func,
     literal,
@@ -41,6 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Dialect, Result
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -209,6 +212,27 @@ def affected_rows(result: Result[Any]) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
+# --- batches --------------------------------------------------------------------------------
+# On PostgreSQL a list of ids travels as one array parameter (``= ANY(...)``): the statement's
+# text is the same whatever the length, so SQLAlchemy compiles it once and psycopg prepares it
+# on the server after a few runs. An IN list of n values would be a new statement for every n:
+# compiled, converted and planned again each time.
+
+
+def on_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def one_of(column: Any, values: Sequence[Any], *, arrays: bool) -> ColumnElement[bool]:
+    """``column IN values``; with ``arrays``, ``column = ANY(:array)``."""
+    if not arrays:
+        return cast(ColumnElement[bool], column.in_(values))
+    return cast(
+        ColumnElement[bool],
+        column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type))),
+    )
+
+
 # --- intake -------------------------------------------------------------------------------
 
 
@@ -309,6 +333,23 @@ def ingest_autocommit(
         },
     )
     return IngestResult(id=event_id, created=inserted is not None, type=event_type)
+
+
+def lock_events(session: Session, event_ids: Sequence[str]) -> None:
+    """Lock these events' rows, in id order (a no-op on SQLite, whose writers queue anyway).
+
+    Every transaction that changes an event's handler states takes this lock first (a claim, a
+    recorded attempt, a lease renewal, a replay) and then derives the event's status: one
+    writer per event at a time, and two transactions over several events wait for each other
+    instead of deadlocking.
+    """
+    if event_ids:
+        session.execute(
+            select(events.c.id)
+            .where(one_of(events.c.id, event_ids, arrays=on_postgresql(session)))
+            .order_by(events.c.id)
+            .with_for_update()
+        )
 
 
 def mark_queued(session: Session, event_ids: Sequence[str], *, requeue_after: timedelta) -> None:

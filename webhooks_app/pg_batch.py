@@ -1,0 +1,253 @@
+"""The dispatcher's batch path on PostgreSQL: a message's events in two short transactions.
+
+``Dispatcher.process_events`` claims every pending handler of a message's events in one
+transaction and records the successes in a second. Each transaction is four prepared
+statements sent through the driver (psycopg), whatever the batch size: ids travel as arrays
+(``= ANY``, ``unnest``), so the statement text never changes. Building, compiling and running
+a dozen SQLAlchemy statements per message cost several times what the handlers' whole
+bookkeeping costs the database (``bench/``, README "Benchmark").
+
+The statements keep the rules of the one-event path (``Dispatcher.process_event``): events are
+locked first, in id order (``store.lock_events``); a claim is a conditional write that only one
+worker can make; a success is recorded only under the claim's token. SQLite runs every event
+through the one-event path instead: one writer at a time, it has nothing to gain here.
+
+Each function takes the psycopg connection of the caller's transaction; the caller commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+Row = tuple[Any, ...]
+
+_LOCK_EVENTS = """
+SELECT id, type, received_at FROM events
+WHERE id = ANY(%(ids)s::text[])
+ORDER BY id
+FOR UPDATE
+"""
+
+_LOCK_AND_LOAD_EVENTS = """
+SELECT id, type, received_at, payload::text FROM events
+WHERE id = ANY(%(ids)s::text[])
+ORDER BY id
+FOR UPDATE
+"""
+
+# Read after the lock, in a statement of its own: a statement that waited for the lock would
+# still see the states of before the wait.
+_READ_STATES = """
+SELECT event_id, handler, status, lease_until, next_attempt_at FROM event_handlers
+WHERE event_id = ANY(%(ids)s::text[])
+"""
+
+# A handler seen for the first time is created already claimed: one write instead of two.
+_CLAIM_NEW = """
+INSERT INTO event_handlers
+    (event_id, handler, status, attempts, max_attempts, run, lease_until, updated_at)
+SELECT b.event_id, b.handler, 'running', 1, b.max_attempts, 1, %(lease_until)s, %(now)s
+FROM unnest(%(event_ids)s::text[], %(handlers)s::text[], %(max_attempts)s::int[])
+    AS b(event_id, handler, max_attempts)
+ORDER BY b.event_id, b.handler
+ON CONFLICT DO NOTHING
+RETURNING event_id, handler, attempts, run, max_attempts
+"""
+
+# Of two racing workers, the UPDATE of one matches a pending row: the claim.
+_CLAIM_PENDING = """
+UPDATE event_handlers s
+SET status = 'running', attempts = s.attempts + 1, lease_until = %(lease_until)s,
+    next_attempt_at = NULL, updated_at = %(now)s
+FROM unnest(%(event_ids)s::text[], %(handlers)s::text[]) AS b(event_id, handler)
+WHERE s.event_id = b.event_id AND s.handler = b.handler AND s.status = 'pending'
+RETURNING s.event_id, s.handler, s.attempts, s.run, s.max_attempts
+"""
+
+# Attempt numbers continue across runs (a replay starts a new run).
+_START_ATTEMPTS = """
+INSERT INTO handler_attempts (event_id, handler, number, run, status, started_at)
+SELECT b.event_id, b.handler,
+       COALESCE((SELECT max(a.number) FROM handler_attempts a
+                 WHERE a.event_id = b.event_id AND a.handler = b.handler), 0) + 1,
+       b.run, 'running', %(now)s
+FROM unnest(%(event_ids)s::text[], %(handlers)s::text[], %(runs)s::int[])
+    AS b(event_id, handler, run)
+RETURNING id, event_id, handler, number
+"""
+
+# Guarded by the claim tokens: a claim whose lease ran out and was taken over matches nothing.
+_FINISH_SUCCEEDED = """
+UPDATE event_handlers s
+SET status = 'succeeded', lease_until = NULL, next_attempt_at = NULL, updated_at = %(now)s
+FROM unnest(%(event_ids)s::text[], %(handlers)s::text[], %(runs)s::int[], %(tokens)s::int[])
+    AS b(event_id, handler, run, token)
+WHERE s.event_id = b.event_id AND s.handler = b.handler AND s.run = b.run
+  AND s.attempts = b.token AND s.status = 'running'
+RETURNING s.event_id, s.handler
+"""
+
+_FINISH_ATTEMPTS = """
+UPDATE handler_attempts
+SET status = CASE WHEN id = ANY(%(succeeded)s::bigint[]) THEN 'succeeded' ELSE 'abandoned' END,
+    error = CASE WHEN id = ANY(%(succeeded)s::bigint[]) THEN NULL ELSE %(abandoned_error)s END,
+    finished_at = %(now)s
+WHERE id = ANY(%(ids)s::bigint[])
+"""
+
+_SET_STATUSES = """
+UPDATE events e
+SET status = b.status, due_at = b.due_at, updated_at = %(now)s
+FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(due_ats)s::timestamptz[])
+    AS b(id, status, due_at)
+WHERE e.id = b.id
+"""
+
+
+@dataclass(frozen=True)
+class LockedEvent:
+    id: str
+    type: str
+    received_at: datetime
+    payload: dict[str, Any] | None  # when asked for
+
+
+@dataclass(frozen=True)
+class Claimed:
+    event_id: str
+    handler: str
+    token: int  # the attempt counter after the claim
+    run: int
+    max_attempts: int
+    attempt_id: int = 0
+    number: int = 0
+
+
+@dataclass(frozen=True)
+class State:
+    """One ``event_handlers`` row, as much of it as an event's status is derived from."""
+
+    event_id: str
+    handler: str
+    status: str
+    lease_until: datetime | None
+    next_attempt_at: datetime | None
+
+
+def lock_events(
+    connection: Any, ids: Sequence[str], *, with_payload: bool = False
+) -> list[LockedEvent]:
+    """Lock the events that exist among ``ids``, in id order (see ``store.lock_events``)."""
+    if not with_payload:
+        rows = _run(connection, _LOCK_EVENTS, {"ids": list(ids)})
+        return [LockedEvent(i, t, at, None) for i, t, at in rows]
+    rows = _run(connection, _LOCK_AND_LOAD_EVENTS, {"ids": list(ids)})
+    return [LockedEvent(i, t, at, orjson.loads(payload)) for i, t, at, payload in rows]
+
+
+def read_states(connection: Any, ids: Sequence[str]) -> list[State]:
+    """The handler states of these events; lock them first."""
+    return [State(*row) for row in _run(connection, _READ_STATES, {"ids": list(ids)})]
+
+
+def claim(
+    connection: Any,
+    new: Sequence[tuple[str, str, int]],
+    pending: Sequence[tuple[str, str]],
+    *,
+    now: datetime,
+    lease_until: datetime,
+) -> list[Claimed]:
+    """Claim handlers: ``new`` (event id, handler, max attempts) have no state row yet and are
+    created running; ``pending`` ones have a row and are taken if it is still ``pending``.
+    A pair another worker holds is simply not returned."""
+    times = {"now": now, "lease_until": lease_until}
+    claimed: list[Row] = []
+    if new:
+        claimed += _run(
+            connection,
+            _CLAIM_NEW,
+            {**times, **_columns(("event_ids", "handlers", "max_attempts"), new)},
+        )
+    if pending:
+        claimed += _run(
+            connection, _CLAIM_PENDING, {**times, **_columns(("event_ids", "handlers"), pending)}
+        )
+    if not claimed:
+        return []
+    started = {
+        (event_id, handler): (attempt_id, number)
+        for attempt_id, event_id, handler, number in _run(
+            connection,
+            _START_ATTEMPTS,
+            {
+                "now": now,
+                **_columns(
+                    ("event_ids", "handlers", "runs"), [(r[0], r[1], r[3]) for r in claimed]
+                ),
+            },
+        )
+    }
+    return [
+        Claimed(event_id, handler, token, run, max_attempts, *started[(event_id, handler)])
+        for event_id, handler, token, run, max_attempts in claimed
+    ]
+
+
+def finish_succeeded(
+    connection: Any, done: Sequence[Claimed], *, now: datetime, abandoned_error: str
+) -> set[tuple[str, str]]:
+    """Record these successful attempts; returns the (event, handler) pairs still ours. An
+    attempt whose claim was taken over is recorded ``abandoned`` with ``abandoned_error``."""
+    ours = {
+        (event_id, handler)
+        for event_id, handler in _run(
+            connection,
+            _FINISH_SUCCEEDED,
+            {
+                "now": now,
+                **_columns(
+                    ("event_ids", "handlers", "runs", "tokens"),
+                    [(c.event_id, c.handler, c.run, c.token) for c in done],
+                ),
+            },
+        )
+    }
+    _run(
+        connection,
+        _FINISH_ATTEMPTS,
+        {
+            "now": now,
+            "ids": [c.attempt_id for c in done],
+            "succeeded": [c.attempt_id for c in done if (c.event_id, c.handler) in ours],
+            "abandoned_error": abandoned_error,
+        },
+    )
+    return ours
+
+
+def set_statuses(
+    connection: Any, statuses: Sequence[tuple[str, str, datetime | None]], *, now: datetime
+) -> None:
+    """Write events' (id, status, due_at), derived by the caller from the locked states."""
+    if statuses:
+        _run(
+            connection,
+            _SET_STATUSES,
+            {"now": now, **_columns(("ids", "statuses", "due_ats"), statuses)},
+        )
+
+
+def _columns(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, list[Any]]:
+    """Rows as one array per column: the parameters of an ``unnest``."""
+    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+
+def _run(connection: Any, sql: str, params: dict[str, Any]) -> list[Row]:
+    cursor = connection.execute(sql, params, prepare=True)
+    return cursor.fetchall() if cursor.description else []
