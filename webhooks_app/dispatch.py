@@ -34,7 +34,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from webhooks_app import pg_batch, store
+from webhooks_app import pgsql, store
 from webhooks_app.config import Settings
 from webhooks_app.events import Event
 from webhooks_app.logs import log_context, log_event
@@ -160,7 +160,18 @@ class OutboxRelay:
     def relay_once(self) -> int:
         """Hand off up to one batch of received events; returns how many."""
         with self._sessions.begin() as session:
-            ids = store.take_received(session, limit=self._batch, requeue_after=self._requeue_after)
+            if store.on_postgresql(session):
+                now = utcnow()
+                ids = pgsql.take_received(
+                    _driver_connection(session),
+                    limit=self._batch,
+                    now=now,
+                    due_at=now + self._requeue_after,
+                )
+            else:
+                ids = store.take_received(
+                    session, limit=self._batch, requeue_after=self._requeue_after
+                )
             if ids:
                 self._publish(ids)  # raising rolls the mark back
         return len(ids)
@@ -337,7 +348,7 @@ class Dispatcher:
 
         On PostgreSQL every handler that is simply ``pending`` (a new event, a replay) is
         claimed for all the events in one transaction, run, and recorded, if it succeeded, in
-        a second one (``pg_batch``). Everything else (a failure, a handler due for a retry, a
+        a second one (``pgsql``). Everything else (a failure, a handler due for a retry, a
         running one whose lease ran out, one held elsewhere) takes the one-event path, which
         decides every case the same way. SQLite, one writer at a time, takes it for all.
         """
@@ -384,8 +395,8 @@ class Dispatcher:
         lease_until = now + self._lease
         with self._sessions.begin() as session:
             connection = _driver_connection(session)
-            locked = pg_batch.lock_events(connection, sorted(ids), with_payload=True)
-            states = {(s.event_id, s.handler): s for s in pg_batch.read_states(connection, ids)}
+            locked = pgsql.lock_events(connection, sorted(ids), with_payload=True)
+            states = {(s.event_id, s.handler): s for s in pgsql.read_states(connection, ids)}
             handlers = {e.id: self._registry.for_type(e.type) for e in locked}
             new: list[tuple[str, str, int]] = []
             pending: list[tuple[str, str]] = []
@@ -397,14 +408,14 @@ class Dispatcher:
                         new.append((event_id, handler.name, max_attempts))
                     elif state.status == HandlerStatus.PENDING.value:
                         pending.append((event_id, handler.name))
-            claimed = pg_batch.claim(connection, new, pending, now=now, lease_until=lease_until)
+            claimed = pgsql.claim(connection, new, pending, now=now, lease_until=lease_until)
             if len(claimed) == len(new) + len(pending):
                 for c in claimed:
-                    states[(c.event_id, c.handler)] = pg_batch.State(
+                    states[(c.event_id, c.handler)] = pgsql.State(
                         c.event_id, c.handler, HandlerStatus.RUNNING.value, lease_until, None
                     )
             else:  # a claim was missed: no guessing, read what is there now
-                states = {(s.event_id, s.handler): s for s in pg_batch.read_states(connection, ids)}
+                states = {(s.event_id, s.handler): s for s in pgsql.read_states(connection, ids)}
             self._write_batch_statuses(
                 connection, [(e.id, e.type) for e in locked], list(states.values()), now
             )
@@ -443,11 +454,11 @@ class Dispatcher:
         now = utcnow()
         with self._sessions.begin() as session:
             connection = _driver_connection(session)
-            locked = pg_batch.lock_events(connection, sorted({event.id for event, _ in done}))
-            ours = pg_batch.finish_succeeded(
+            locked = pgsql.lock_events(connection, sorted({event.id for event, _ in done}))
+            ours = pgsql.finish_succeeded(
                 connection,
                 [
-                    pg_batch.Claimed(
+                    pgsql.Claimed(
                         event.id,
                         claim.handler.name,
                         claim.token,
@@ -462,7 +473,7 @@ class Dispatcher:
                 abandoned_error=_TAKEN_OVER,
             )
             changed = [(e.id, e.type) for e in locked if any(key[0] == e.id for key in ours)]
-            states = pg_batch.read_states(connection, [event_id for event_id, _ in changed])
+            states = pgsql.read_states(connection, [event_id for event_id, _ in changed])
             self._write_batch_statuses(connection, changed, states, now)
         for event, claim in done:
             ok = (event.id, claim.handler.name) in ours
@@ -472,11 +483,11 @@ class Dispatcher:
         self,
         connection: Any,
         events: Sequence[tuple[str, str]],
-        states: Sequence[pg_batch.State],
+        states: Sequence[pgsql.State],
         now: datetime,
     ) -> None:
         """Derive and write the statuses of these (id, type) events, whose rows are locked."""
-        rows: dict[str, list[pg_batch.State]] = defaultdict(list)
+        rows: dict[str, list[pgsql.State]] = defaultdict(list)
         for state in states:
             rows[state.event_id].append(state)
         statuses = []
@@ -485,7 +496,7 @@ class Dispatcher:
             if status in TERMINAL_STATUSES:
                 self.observer.event_finished(status.value)
             statuses.append((event_id, status.value, due))
-        pg_batch.set_statuses(connection, statuses, now=now)
+        pgsql.set_statuses(connection, statuses, now=now)
 
     def process_event(self, event_id: str, only_handler: str | None = None) -> Outcome:
         outcome = Outcome()
@@ -809,7 +820,7 @@ class Dispatcher:
 
 
 def _driver_connection(session: Session) -> Any:
-    """The driver's connection (psycopg) of the session's transaction, for ``pg_batch``."""
+    """The driver's connection (psycopg) of the session's transaction, for ``pgsql``."""
     return session.connection().connection.driver_connection
 
 

@@ -60,12 +60,12 @@ class Database:
         """PostgreSQL only: connections in autocommit mode for single-statement writes."""
         return self._autocommit
 
-    def execute_autocommit(self, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        """Run one driver-level statement in autocommit mode; return its first row, if any.
+    def execute_autocommit(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Run one driver-level statement in autocommit mode; return its rows.
 
         The intake's hot path: each thread keeps one connection checked out of the autocommit
-        pool and one server-side prepared statement, so a request costs one round trip and no
-        pool or ORM bookkeeping. Errors come out as SQLAlchemy's exceptions (``DataError``,
+        pool and its server-side prepared statements, so a statement costs one round trip and
+        no pool or ORM bookkeeping. Errors come out as SQLAlchemy's exceptions (``DataError``,
         ``OperationalError``, ...), like everywhere else. A connection found dead is dropped and
         the statement retried once on a new one: only run idempotent statements here.
         """
@@ -80,8 +80,8 @@ class Database:
                     fairy = self._local.connection = engine.raw_connection()
                 driver: Any = fairy.driver_connection
                 cursor = driver.execute(sql, params, prepare=True)
-                row: tuple[Any, ...] | None = cursor.fetchone() if cursor.description else None
-                return row
+                rows: list[tuple[Any, ...]] = cursor.fetchall() if cursor.description else []
+                return rows
             except dbapi_error as exc:
                 disconnected = fairy is None or fairy.dbapi_connection is None
                 if not disconnected:

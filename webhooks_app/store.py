@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -283,55 +283,6 @@ def ingest(
         .returning(events.c.id)
     )
     inserted = session.execute(statement).scalar_one_or_none()
-    return IngestResult(id=event_id, created=inserted is not None, type=event_type)
-
-
-# The PostgreSQL intake statement: one round trip, run in autocommit mode, so the statement is
-# its own transaction and is durable (synchronous_commit stays on) when it returns. The payload
-# goes in as the verified body's own text, cast to JSONB by the server: no re-serialization.
-_PG_INGEST = (
-    "INSERT INTO events (id, type, status, payload, raw_body, headers, data_id,"
-    " webhook_timestamp, received_at, updated_at, due_at)"
-    " VALUES (%(id)s, %(type)s, 'received', %(payload)s::jsonb, %(raw_body)b,"
-    " %(headers)s::jsonb, %(data_id)s, %(webhook_timestamp)s, %(received_at)s,"
-    " %(received_at)s, %(due_at)s)"
-    " ON CONFLICT (id) DO NOTHING RETURNING id"
-)
-
-
-def ingest_autocommit(
-    execute: Callable[[str, dict[str, Any]], tuple[Any, ...] | None],
-    *,
-    event_id: str,
-    event_type: str,
-    raw_body: bytes,
-    headers: dict[str, str],
-    data_id: str | None,
-    webhook_timestamp: int,
-    handoff_grace: timedelta,
-    now: datetime | None = None,
-) -> IngestResult:
-    """``ingest`` for PostgreSQL in autocommit mode: one statement, one round trip.
-
-    ``execute`` runs one statement and returns its first row (``Database.execute_autocommit``).
-    Same semantics as :func:`ingest` (the unique key decides between racing duplicates), but
-    the row is committed when this returns. ``raw_body`` must be the verified, parsed JSON.
-    """
-    received_at = now or utcnow()
-    inserted = execute(
-        _PG_INGEST,
-        {
-            "id": event_id,
-            "type": event_type,
-            "payload": raw_body.decode("utf-8"),
-            "raw_body": raw_body,
-            "headers": orjson.dumps(headers).decode(),
-            "data_id": data_id,
-            "webhook_timestamp": webhook_timestamp,
-            "received_at": received_at,
-            "due_at": received_at + handoff_grace,
-        },
-    )
     return IngestResult(id=event_id, created=inserted is not None, type=event_type)
 
 

@@ -1,0 +1,109 @@
+"""The PostgreSQL hot-path statements against a real database: the intake's group insert."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from flask import Flask
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, select
+
+from tests.support.signing import delivery
+from webhooks_app import pgsql
+from webhooks_app.service import Service
+from webhooks_app.store import EventRow, utcnow
+
+GOOD_BODY = b'{"event": "chat.completion", "data": {"id": "chat_1"}}'
+# Valid JSON that PostgreSQL's JSONB refuses: an unstorable event.
+NUL_BODY = b'{"event": "chat.completion", "data": {"id": "a\\u0000b"}}'
+
+
+def new_event(event_id: str, body: bytes = GOOD_BODY) -> pgsql.NewEvent:
+    now = utcnow()
+    return pgsql.NewEvent(
+        id=event_id,
+        type="chat.completion",
+        raw_body=body,
+        headers={"webhook-id": event_id},
+        data_id="chat_1",
+        webhook_timestamp=int(now.timestamp()),
+        received_at=now,
+        due_at=now + timedelta(seconds=60),
+    )
+
+
+def stored_ids(service: Service) -> set[str]:
+    with service.db.transaction() as session:
+        return set(session.scalars(select(EventRow.id)))
+
+
+def test_a_group_is_stored_in_one_statement_and_repeats_are_reported(service: Service) -> None:
+    execute = service.db.execute_autocommit
+    group = [new_event("msg_g1"), new_event("msg_g2"), new_event("msg_g3")]
+    assert pgsql.insert_event_group(execute, group) == [True, True, True]
+    assert stored_ids(service) == {"msg_g1", "msg_g2", "msg_g3"}
+    with service.db.transaction() as session:
+        row = session.get(EventRow, "msg_g2")
+        assert row is not None
+        assert row.raw_body == GOOD_BODY
+        assert row.payload == {"event": "chat.completion", "data": {"id": "chat_1"}}
+        assert row.status == "received"
+    assert pgsql.insert_event_group(execute, [new_event("msg_g4"), *group]) == [
+        True,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_two_deliveries_of_one_id_in_a_group_store_one_event(service: Service) -> None:
+    result = pgsql.insert_event_group(
+        service.db.execute_autocommit, [new_event("msg_twice"), new_event("msg_twice")]
+    )
+    assert result == [True, False]
+    assert stored_ids(service) == {"msg_twice"}
+
+
+def test_an_unstorable_event_is_refused_alone(service: Service) -> None:
+    result = pgsql.insert_event_group(
+        service.db.execute_autocommit,
+        [
+            new_event("msg_ok1"),
+            new_event("msg_nul", NUL_BODY),
+            new_event("msg_ok2"),
+            new_event("msg_nul", NUL_BODY),
+        ],
+    )
+    assert result[0] is True
+    assert result[2] is True
+    # Both deliveries of the refused id get its error: neither is answered "duplicate".
+    assert isinstance(result[1], sa_exc.DataError)
+    assert result[3] is result[1]
+    assert stored_ids(service) == {"msg_ok1", "msg_ok2"}
+
+
+def test_concurrent_deliveries_are_each_stored_once(app: Flask, service: Service) -> None:
+    ids = [f"msg_conc_{n}" for n in range(12)]
+    answers: list[tuple[str, int, str]] = []
+    lock = threading.Lock()
+
+    def deliver(event_id: str) -> None:
+        body, headers = delivery(msg_id=event_id)
+        response = app.test_client().post("/webhooks/events", data=body, headers=headers)
+        with lock:
+            answers.append((event_id, response.status_code, response.get_json()["status"]))
+
+    # Every id twice, from 24 threads at once: groups form, and duplicates meet in them.
+    threads = [threading.Thread(target=deliver, args=(i,)) for i in ids + ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(answers) == 24
+    assert {status for _, status, _ in answers} == {200}
+    for event_id in ids:
+        outcomes = sorted(answer for i, _, answer in answers if i == event_id)
+        assert outcomes == ["accepted", "duplicate"]
+    with service.db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(EventRow)) == len(ids)
