@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -11,7 +10,6 @@ from webhooks_app.config import Settings
 from webhooks_app.dispatch import Relay
 from webhooks_app.events import parse_envelope
 from webhooks_app.extensions import Database
-from webhooks_app.group_commit import GroupCommit
 from webhooks_app.signatures import HeaderLookup, Secret
 
 # What the admin page shows of a delivery; the body is stored separately, byte for byte.
@@ -37,10 +35,6 @@ class Intake:
         self._tolerance = settings.webhook_tolerance_seconds
         self._grace = timedelta(seconds=settings.handoff_grace_seconds)
         self._active_secrets = active_secrets
-        # PostgreSQL: concurrent requests of this process share one INSERT and one commit.
-        self._group: GroupCommit[pgsql.NewEvent, bool] = GroupCommit(
-            functools.partial(pgsql.insert_event_group, db.execute_autocommit)
-        )
 
     def receive(self, headers: HeaderLookup, body: bytes) -> store.IngestResult:
         """Raises ``VerificationError`` (401), ``EnvelopeError`` (400) or a database error (503).
@@ -54,7 +48,8 @@ class Intake:
         headers_kept = {name: headers[name] for name in KEPT_HEADERS if name in headers}
         received_at = store.utcnow()
         if self._db.autocommit_engine is not None:
-            created = self._group.submit(
+            created = pgsql.insert_event(
+                self._db.execute_autocommit,
                 pgsql.NewEvent(
                     id=delivery.msg_id,
                     type=envelope.type,
@@ -64,7 +59,7 @@ class Intake:
                     webhook_timestamp=delivery.timestamp,
                     received_at=received_at,
                     due_at=received_at + self._grace,
-                )
+                ),
             )
             result = store.IngestResult(id=delivery.msg_id, created=created, type=envelope.type)
         else:

@@ -1,19 +1,19 @@
 """The hot paths' statements on PostgreSQL, sent through the driver (psycopg).
 
-The intake's insert (one event, or a group of them: ``group_commit``), the outbox relay's
-hand-off and the dispatcher's batch path (``Dispatcher.process_events``: every pending handler
-of a message's events claimed in one transaction, the successes recorded in a second) run a few
-fixed statements per request, cycle or message, whatever the batch size: ids travel as arrays
-(``= ANY``, ``unnest``), so the text never changes and psycopg prepares each statement on the
-server once. Building, compiling and running a dozen SQLAlchemy statements per message cost
-several times the database's own work (``bench/``, README "Benchmark").
+The intake's insert, the outbox relay's hand-off and the dispatcher's batch path
+(``Dispatcher.process_events``: every pending handler of a message's events claimed in one
+transaction, the successes recorded in a second) run a few fixed statements per request, cycle
+or message, whatever the batch size: ids travel as arrays (``= ANY``, ``unnest``), so the text
+never changes and psycopg prepares each statement on the server once. Building, compiling and
+running a dozen SQLAlchemy statements per message cost several times the database's own work
+(``bench/``, README "Benchmark").
 
 The statements keep the rules of the portable code in ``store`` and the one-event path: events
 are locked first, in id order (``store.lock_events``); a claim is a conditional write that only
 one worker can make; a success is recorded only under the claim's token. SQLite, one writer at
 a time, runs the portable code only.
 
-Each function but ``insert_events`` (autocommit) takes the psycopg connection of the caller's
+Each function but ``insert_event`` (autocommit) takes the psycopg connection of the caller's
 transaction; the caller commits.
 """
 
@@ -25,7 +25,6 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import exc as sa_exc
 
 Row = tuple[Any, ...]
 # Runs one statement in autocommit mode; returns its rows.
@@ -33,26 +32,12 @@ Execute = Callable[[str, dict[str, Any]], list[Row]]
 
 # Run in autocommit mode: the statement is its own transaction, durable (synchronous_commit
 # stays on) when it returns. The payload goes in as the verified body's own text, cast to JSONB
-# by the server; the body itself as binary. One event: plain VALUES (arrays cost the driver
-# more than they save for a single row).
+# by the server; the body itself as binary.
 _INSERT_EVENT = """
 INSERT INTO events (id, type, status, payload, raw_body, headers, data_id,
                     webhook_timestamp, received_at, updated_at, due_at)
 VALUES (%(id)s, %(type)s, 'received', %(raw_body_text)s::jsonb, %(raw_body)b, %(headers)s::jsonb,
         %(data_id)s, %(webhook_timestamp)s, %(received_at)s, %(received_at)s, %(due_at)s)
-ON CONFLICT (id) DO NOTHING
-RETURNING id
-"""
-
-_INSERT_EVENTS = """
-INSERT INTO events (id, type, status, payload, raw_body, headers, data_id,
-                    webhook_timestamp, received_at, updated_at, due_at)
-SELECT b.id, b.type, 'received', b.payload::jsonb, b.raw_body, b.headers::jsonb, b.data_id,
-       b.webhook_timestamp, b.received_at, b.received_at, b.due_at
-FROM unnest(%(ids)s::text[], %(types)s::text[], %(raw_body_texts)s::text[], %(raw_bodies)b,
-            %(headers)s::text[], %(data_ids)s::text[], %(webhook_timestamps)s::bigint[],
-            %(received_ats)s::timestamptz[], %(due_ats)s::timestamptz[])
-    AS b(id, type, payload, raw_body, headers, data_id, webhook_timestamp, received_at, due_at)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
@@ -164,76 +149,25 @@ class NewEvent:
     due_at: datetime
 
 
-def insert_events(execute: Execute, events: Sequence[NewEvent]) -> set[str]:
-    """Insert these events (distinct ids) in one statement; returns the ids it stored, leaving
-    out those stored before. ``execute`` runs a statement in autocommit mode and returns its
-    rows (``Database.execute_autocommit``): the rows are durable when this returns."""
-    if len(events) == 1:
-        (event,) = events
-        rows = execute(
-            _INSERT_EVENT,
-            {
-                "id": event.id,
-                "type": event.type,
-                "raw_body_text": event.raw_body.decode(),
-                "raw_body": event.raw_body,
-                "headers": orjson.dumps(event.headers).decode(),
-                "data_id": event.data_id,
-                "webhook_timestamp": event.webhook_timestamp,
-                "received_at": event.received_at,
-                "due_at": event.due_at,
-            },
-        )
-    else:
-        rows = execute(
-            _INSERT_EVENTS,
-            {
-                "ids": [e.id for e in events],
-                "types": [e.type for e in events],
-                "raw_body_texts": [e.raw_body.decode() for e in events],
-                "raw_bodies": [e.raw_body for e in events],
-                "headers": [orjson.dumps(e.headers).decode() for e in events],
-                "data_ids": [e.data_id for e in events],
-                "webhook_timestamps": [e.webhook_timestamp for e in events],
-                "received_ats": [e.received_at for e in events],
-                "due_ats": [e.due_at for e in events],
-            },
-        )
-    return {event_id for (event_id,) in rows}
-
-
-def insert_event_group(execute: Execute, events: Sequence[NewEvent]) -> list[bool | BaseException]:
-    """Store a group of events in one statement (``group_commit``): for each, in order, whether
-    it was stored (False: already stored), or the error that refused it.
-
-    Of two deliveries of one id in a group, the first is stored and the second is its duplicate
-    (or fails with it). An unstorable event fails the whole statement; the events are then
-    stored one by one, so that only that one is refused.
-    """
-    first: dict[str, int] = {}
-    for index, event in enumerate(events):
-        first.setdefault(event.id, index)
-    distinct = [events[index] for index in first.values()]
-    outcomes: dict[str, bool | BaseException]
-    try:
-        stored = insert_events(execute, distinct)
-        outcomes = {event.id: event.id in stored for event in distinct}
-    except (sa_exc.DataError, sa_exc.IntegrityError):
-        if len(distinct) == 1:
-            raise
-        outcomes = {event.id: _insert_alone(execute, event) for event in distinct}
-    return [
-        outcome if first[event.id] == index or isinstance(outcome, BaseException) else False
-        for index, event in enumerate(events)
-        for outcome in (outcomes[event.id],)
-    ]
-
-
-def _insert_alone(execute: Execute, event: NewEvent) -> bool | BaseException:
-    try:
-        return event.id in insert_events(execute, [event])
-    except (sa_exc.DataError, sa_exc.IntegrityError) as exc:
-        return exc
+def insert_event(execute: Execute, event: NewEvent) -> bool:
+    """Store the event unless its id is already stored; True if this stored it. ``execute``
+    runs a statement in autocommit mode and returns its rows (``Database.execute_autocommit``):
+    the row is durable when this returns. The unique key decides between racing duplicates."""
+    rows = execute(
+        _INSERT_EVENT,
+        {
+            "id": event.id,
+            "type": event.type,
+            "raw_body_text": event.raw_body.decode(),
+            "raw_body": event.raw_body,
+            "headers": orjson.dumps(event.headers).decode(),
+            "data_id": event.data_id,
+            "webhook_timestamp": event.webhook_timestamp,
+            "received_at": event.received_at,
+            "due_at": event.due_at,
+        },
+    )
+    return bool(rows)
 
 
 @dataclass(frozen=True)

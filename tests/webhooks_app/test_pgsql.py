@@ -1,10 +1,11 @@
-"""The PostgreSQL hot-path statements against a real database: the intake's group insert."""
+"""The PostgreSQL hot-path statements against a real database: the intake's insert."""
 
 from __future__ import annotations
 
 import threading
 from datetime import timedelta
 
+import pytest
 from flask import Flask
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select
@@ -38,49 +39,24 @@ def stored_ids(service: Service) -> set[str]:
         return set(session.scalars(select(EventRow.id)))
 
 
-def test_a_group_is_stored_in_one_statement_and_repeats_are_reported(service: Service) -> None:
+def test_an_event_is_stored_once_and_its_repeat_reported(service: Service) -> None:
     execute = service.db.execute_autocommit
-    group = [new_event("msg_g1"), new_event("msg_g2"), new_event("msg_g3")]
-    assert pgsql.insert_event_group(execute, group) == [True, True, True]
-    assert stored_ids(service) == {"msg_g1", "msg_g2", "msg_g3"}
+    assert pgsql.insert_event(execute, new_event("msg_once")) is True
+    assert pgsql.insert_event(execute, new_event("msg_once")) is False
+    assert stored_ids(service) == {"msg_once"}
     with service.db.transaction() as session:
-        row = session.get(EventRow, "msg_g2")
+        row = session.get(EventRow, "msg_once")
         assert row is not None
         assert row.raw_body == GOOD_BODY
         assert row.payload == {"event": "chat.completion", "data": {"id": "chat_1"}}
+        assert row.headers == {"webhook-id": "msg_once"}
         assert row.status == "received"
-    assert pgsql.insert_event_group(execute, [new_event("msg_g4"), *group]) == [
-        True,
-        False,
-        False,
-        False,
-    ]
 
 
-def test_two_deliveries_of_one_id_in_a_group_store_one_event(service: Service) -> None:
-    result = pgsql.insert_event_group(
-        service.db.execute_autocommit, [new_event("msg_twice"), new_event("msg_twice")]
-    )
-    assert result == [True, False]
-    assert stored_ids(service) == {"msg_twice"}
-
-
-def test_an_unstorable_event_is_refused_alone(service: Service) -> None:
-    result = pgsql.insert_event_group(
-        service.db.execute_autocommit,
-        [
-            new_event("msg_ok1"),
-            new_event("msg_nul", NUL_BODY),
-            new_event("msg_ok2"),
-            new_event("msg_nul", NUL_BODY),
-        ],
-    )
-    assert result[0] is True
-    assert result[2] is True
-    # Both deliveries of the refused id get its error: neither is answered "duplicate".
-    assert isinstance(result[1], sa_exc.DataError)
-    assert result[3] is result[1]
-    assert stored_ids(service) == {"msg_ok1", "msg_ok2"}
+def test_an_unstorable_event_raises_a_data_error(service: Service) -> None:
+    with pytest.raises(sa_exc.DataError):
+        pgsql.insert_event(service.db.execute_autocommit, new_event("msg_nul", NUL_BODY))
+    assert stored_ids(service) == set()
 
 
 def test_concurrent_deliveries_are_each_stored_once(app: Flask, service: Service) -> None:
@@ -94,7 +70,7 @@ def test_concurrent_deliveries_are_each_stored_once(app: Flask, service: Service
         with lock:
             answers.append((event_id, response.status_code, response.get_json()["status"]))
 
-    # Every id twice, from 24 threads at once: groups form, and duplicates meet in them.
+    # Every id twice, from 24 threads at once: the unique key decides between racing duplicates.
     threads = [threading.Thread(target=deliver, args=(i,)) for i in ids + ids]
     for thread in threads:
         thread.start()
