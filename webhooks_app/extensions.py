@@ -47,6 +47,7 @@ class Database:
                 pool_size=settings.web_threads,
                 isolation_level="AUTOCOMMIT",
                 pre_ping=False,
+                custom_plans=False,
             )
 
     def dispose(self) -> None:
@@ -138,6 +139,7 @@ def make_engine(
     pool_size: int = 5,
     isolation_level: str | None = None,
     pre_ping: bool = True,
+    custom_plans: bool = True,
 ) -> Engine:
     url = settings.database_url
     if url.startswith("sqlite"):
@@ -162,7 +164,7 @@ def make_engine(
         json_deserializer=orjson.loads,
         **options,
     )
-    if isolation_level != "AUTOCOMMIT":
+    if custom_plans:
         event.listen(engine, "connect", _plan_each_execution)
     return engine
 
@@ -175,8 +177,9 @@ def _plan_each_execution(dbapi_connection: Any, _record: Any) -> None:
     the moment; made while a table was still nearly empty (a new deployment), that plan is a
     sequential scan, and it stays until the next ANALYZE while the table grows (measured in the
     benchmark: a 20-id lookup went from 0.02 to 3 ms). Planning each execution costs tens of
-    microseconds. The intake's single-row INSERT (the autocommit engine) has no plan to get
-    wrong and keeps its generic one.
+    microseconds. The intake's single-row INSERT has no plan to get wrong, and the relay's
+    hand-off is better served by its generic plan (the ordered index, no sort): their engines
+    keep generic plans (``custom_plans=False``).
     """
     dbapi_connection.execute("SET plan_cache_mode = force_custom_plan")
     dbapi_connection.commit()

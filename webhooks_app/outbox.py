@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app()
     service: Service = app.extensions["webhooks"]
     # Its own connection, without the pool's pre-ping round trip on every cycle: a cycle that
-    # meets a dead connection fails, and the next one gets a fresh connection.
-    engine = make_engine(service.settings, pool_size=1, pre_ping=False)
+    # meets a dead connection fails, and the next one gets a fresh connection. Its one statement
+    # is best served by a generic plan (see extensions._plan_each_execution).
+    engine = make_engine(service.settings, pool_size=1, pre_ping=False, custom_plans=False)
     relay = OutboxRelay(
         sessionmaker(engine, expire_on_commit=False), service.publish, service.settings
     )
