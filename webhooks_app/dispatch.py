@@ -9,8 +9,9 @@
   conditional UPDATE and a lease that a keeper thread renews while the handler runs. A second
   delivery of the same event therefore finds the claim taken, or the handler already succeeded,
   and does nothing; a worker killed mid-handler stops renewing, and the next delivery takes over
-  once the lease runs out. ``process_events`` claims and records a whole message's pending
-  handlers in two transactions; ``process_event`` is the one-event path for everything else.
+  once the lease runs out. On PostgreSQL ``process_events`` claims and records a whole
+  message's pending handlers in two transactions (``pgsql``); ``process_event`` is the
+  one-event path for everything else, and for every event on SQLite.
 """
 
 from __future__ import annotations
