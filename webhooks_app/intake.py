@@ -47,35 +47,22 @@ class Intake:
         envelope = parse_envelope(body)
         headers_kept = {name: headers[name] for name in KEPT_HEADERS if name in headers}
         received_at = store.utcnow()
+        event = store.NewEvent(
+            id=delivery.msg_id,
+            type=envelope.type,
+            raw_body=body,
+            headers=headers_kept,
+            data_id=envelope.data_id,
+            webhook_timestamp=delivery.timestamp,
+            received_at=received_at,
+            due_at=received_at + self._grace,
+        )
         if self._db.autocommit_engine is not None:
-            created = pgsql.insert_event(
-                self._db.execute_autocommit,
-                pgsql.NewEvent(
-                    id=delivery.msg_id,
-                    type=envelope.type,
-                    raw_body=body,
-                    headers=headers_kept,
-                    data_id=envelope.data_id,
-                    webhook_timestamp=delivery.timestamp,
-                    received_at=received_at,
-                    due_at=received_at + self._grace,
-                ),
-            )
-            result = store.IngestResult(id=delivery.msg_id, created=created, type=envelope.type)
+            created = pgsql.insert_event(self._db.execute_autocommit, event)
         else:
             with self._db.transaction() as session:
-                result = store.ingest(
-                    session,
-                    event_id=delivery.msg_id,
-                    event_type=envelope.type,
-                    payload=envelope.payload,
-                    raw_body=body,
-                    headers=headers_kept,
-                    data_id=envelope.data_id,
-                    webhook_timestamp=delivery.timestamp,
-                    handoff_grace=self._grace,
-                    now=received_at,
-                )
+                created = store.ingest(session, event)
+        result = store.IngestResult(id=event.id, created=created, type=event.type)
         if result.created:
             self._relay.submit(result.id)
         return result

@@ -26,6 +26,8 @@ from typing import Any
 
 import orjson
 
+from webhooks_app.store import NewEvent
+
 Row = tuple[Any, ...]
 # Runs one statement in autocommit mode; returns its rows.
 Execute = Callable[[str, dict[str, Any]], list[Row]]
@@ -133,20 +135,6 @@ FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(due_ats)s::timestamptz[])
     AS b(id, status, due_at)
 WHERE e.id = b.id
 """
-
-
-@dataclass(frozen=True)
-class NewEvent:
-    """An event as the intake stores it; ``raw_body`` is the verified body, valid JSON."""
-
-    id: str
-    type: str
-    raw_body: bytes
-    headers: dict[str, str]
-    data_id: str | None
-    webhook_timestamp: int
-    received_at: datetime
-    due_at: datetime
 
 
 def insert_event(execute: Execute, event: NewEvent) -> bool:

@@ -243,47 +243,47 @@ class IngestResult:
     type: str = ""
 
 
-def ingest(
-    session: Session,
-    *,
-    event_id: str,
-    event_type: str,
-    payload: dict[str, Any],
-    raw_body: bytes,
-    headers: dict[str, str],
-    data_id: str | None,
-    webhook_timestamp: int,
-    handoff_grace: timedelta,
-    now: datetime | None = None,
-) -> IngestResult:
-    """Insert the event unless its id is already stored; concurrent duplicates store one row.
+@dataclass(frozen=True)
+class NewEvent:
+    """An event as the intake stores it; ``raw_body`` is the verified body, valid JSON."""
+
+    id: str
+    type: str
+    raw_body: bytes
+    headers: dict[str, str]
+    data_id: str | None
+    webhook_timestamp: int
+    received_at: datetime
+    due_at: datetime
+
+
+def ingest(session: Session, event: NewEvent) -> bool:
+    """Store the event unless its id is already stored; True if this stored it.
 
     ``INSERT ... ON CONFLICT DO NOTHING`` makes the unique key decide, so two deliveries racing
-    on one id never both report ``created``.
+    on one id never both report stored. (PostgreSQL's intake runs ``pgsql.insert_event``.)
     """
-    received_at = now or utcnow()
     values = {
-        "id": event_id,
-        "type": event_type,
+        "id": event.id,
+        "type": event.type,
         "status": EventStatus.RECEIVED.value,
-        "payload": payload,
-        "raw_body": raw_body,
-        "headers": headers,
-        "data_id": data_id,
-        "webhook_timestamp": webhook_timestamp,
-        "received_at": received_at,
-        "updated_at": received_at,
-        "due_at": received_at + handoff_grace,
+        "payload": orjson.loads(event.raw_body),
+        "raw_body": event.raw_body,
+        "headers": event.headers,
+        "data_id": event.data_id,
+        "webhook_timestamp": event.webhook_timestamp,
+        "received_at": event.received_at,
+        "updated_at": event.received_at,
+        "due_at": event.due_at,
     }
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    insert = postgresql.insert if on_postgresql(session) else sqlite.insert
     statement = (
         insert(events)
         .values(values)
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(events.c.id)
     )
-    inserted = session.execute(statement).scalar_one_or_none()
-    return IngestResult(id=event_id, created=inserted is not None, type=event_type)
+    return session.execute(statement).scalar_one_or_none() is not None
 
 
 def lock_events(session: Session, event_ids: Sequence[str]) -> None:

@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -27,18 +28,20 @@ PostEvent = Callable[..., Any]
 
 
 def store_event(service: Service, event_id: str, age: timedelta) -> None:
+    received_at = utcnow() - age
     with service.db.transaction() as session:
         store.ingest(
             session,
-            event_id=event_id,
-            event_type="chat.completion",
-            payload={"event": "chat.completion", "data": {"id": event_id}},
-            raw_body=b"{}",
-            headers={},
-            data_id=event_id,
-            webhook_timestamp=0,
-            handoff_grace=timedelta(seconds=10),
-            now=utcnow() - age,
+            store.NewEvent(
+                id=event_id,
+                type="chat.completion",
+                raw_body=orjson.dumps({"event": "chat.completion", "data": {"id": event_id}}),
+                headers={},
+                data_id=event_id,
+                webhook_timestamp=0,
+                received_at=received_at,
+                due_at=received_at + timedelta(seconds=10),
+            ),
         )
 
 

@@ -13,16 +13,16 @@ from sqlalchemy import func, select
 from tests.support.signing import delivery
 from webhooks_app import pgsql
 from webhooks_app.service import Service
-from webhooks_app.store import EventRow, utcnow
+from webhooks_app.store import EventRow, NewEvent, utcnow
 
 GOOD_BODY = b'{"event": "chat.completion", "data": {"id": "chat_1"}}'
 # Valid JSON that PostgreSQL's JSONB refuses: an unstorable event.
 NUL_BODY = b'{"event": "chat.completion", "data": {"id": "a\\u0000b"}}'
 
 
-def new_event(event_id: str, body: bytes = GOOD_BODY) -> pgsql.NewEvent:
+def new_event(event_id: str, body: bytes = GOOD_BODY) -> NewEvent:
     now = utcnow()
-    return pgsql.NewEvent(
+    return NewEvent(
         id=event_id,
         type="chat.completion",
         raw_body=body,
