@@ -473,7 +473,8 @@ class Dispatcher:
                 now=now,
                 abandoned_error=_TAKEN_OVER,
             )
-            changed = [(e.id, e.type) for e in locked if any(key[0] == e.id for key in ours)]
+            ours_events = {event_id for event_id, _ in ours}
+            changed = [(e.id, e.type) for e in locked if e.id in ours_events]
             states = pgsql.read_states(connection, [event_id for event_id, _ in changed])
             self._write_batch_statuses(connection, changed, states, now)
         for event, claim in done:
@@ -761,16 +762,7 @@ class Dispatcher:
             return
         events, states = store.events, store.handler_states
         arrays = store.on_postgresql(session)
-        store.lock_events(session, event_ids)
-        # Read after the lock, in a statement of its own: one that waited for the lock would
-        # still see the states of before the wait.
-        types: dict[str, str] = dict(
-            session.execute(
-                select(events.c.id, events.c.type).where(
-                    store.one_of(events.c.id, event_ids, arrays=arrays)
-                )
-            ).all()
-        )
+        types = store.lock_events(session, event_ids)
         rows: dict[str, list[Any]] = defaultdict(list)  # each: a handler_states row
         for row in session.execute(
             select(

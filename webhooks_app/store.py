@@ -286,21 +286,25 @@ def ingest(session: Session, event: NewEvent) -> bool:
     return session.execute(statement).scalar_one_or_none() is not None
 
 
-def lock_events(session: Session, event_ids: Sequence[str]) -> None:
-    """Lock these events' rows, in id order (a no-op on SQLite, whose writers queue anyway).
+def lock_events(session: Session, event_ids: Sequence[str]) -> dict[str, str]:
+    """Lock these events' rows, in id order (a no-op on SQLite, whose writers queue anyway);
+    returns the type of each that exists.
 
     Every transaction that changes an event's handler states takes this lock first (a claim, a
     recorded attempt, a lease renewal, a replay) and then derives the event's status: one
     writer per event at a time, and two transactions over several events wait for each other
-    instead of deadlocking.
+    instead of deadlocking. Read the states in a later statement: one that waited for the lock
+    would still see the rows of before the wait.
     """
-    if event_ids:
-        session.execute(
-            select(events.c.id)
-            .where(one_of(events.c.id, event_ids, arrays=on_postgresql(session)))
-            .order_by(events.c.id)
-            .with_for_update()
-        )
+    if not event_ids:
+        return {}
+    rows = session.execute(
+        select(events.c.id, events.c.type)
+        .where(one_of(events.c.id, event_ids, arrays=on_postgresql(session)))
+        .order_by(events.c.id)
+        .with_for_update()
+    )
+    return {event_id: event_type for event_id, event_type in rows}
 
 
 def mark_queued(session: Session, event_ids: Sequence[str], *, requeue_after: timedelta) -> None:
