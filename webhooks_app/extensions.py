@@ -5,11 +5,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import psycopg
 from celery import Celery, Task
 from flask import Flask
+from psycopg import pq
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
@@ -61,14 +64,20 @@ class Database:
         """PostgreSQL only: connections in autocommit mode for single-statement writes."""
         return self._autocommit
 
-    def execute_autocommit(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """Run one driver-level statement in autocommit mode; return its rows.
+    def execute_autocommit(
+        self, statement: Prepared, params: Sequence[bytes | None]
+    ) -> list[tuple[bytes | None, ...]]:
+        """Run a prepared statement in autocommit mode, straight through libpq; its rows.
 
         The intake's hot path: each thread keeps one connection checked out of the autocommit
-        pool and its server-side prepared statements, so a statement costs one round trip and
-        no pool or ORM bookkeeping. Errors come out as SQLAlchemy's exceptions (``DataError``,
-        ``OperationalError``, ...), like everywhere else. A connection found dead is dropped and
-        the statement retried once on a new one: only run idempotent statements here.
+        pool, the statement prepared on it, so a request costs one blocking libpq call (one
+        round trip, the GIL released once) and no cursor, adaptation or pool bookkeeping:
+        0.2 ms less CPU per request than psycopg's ``execute`` in a threaded web worker
+        (measured under the benchmark's load). Parameters are already encoded (text, or raw
+        bytes where the statement says binary); values come back as text bytes. Errors come out
+        as SQLAlchemy's exceptions (``DataError``, ``OperationalError``, ...), like everywhere
+        else. A connection found dead is dropped and the statement retried once on a new one:
+        only run idempotent statements here.
         """
         engine = self._autocommit
         if engine is None:
@@ -79,10 +88,9 @@ class Database:
             try:
                 if fairy is None or fairy.dbapi_connection is None:
                     fairy = self._local.connection = engine.raw_connection()
-                driver: Any = fairy.driver_connection
-                cursor = driver.execute(sql, params, prepare=True)
-                rows: list[tuple[Any, ...]] = cursor.fetchall() if cursor.description else []
-                return rows
+                # The statements prepared on this connection (kept with it in the pool).
+                prepared = fairy.info.setdefault("prepared_statements", set())
+                return _run_prepared(fairy.driver_connection, prepared, statement, params)
             except dbapi_error as exc:
                 disconnected = fairy is None or fairy.dbapi_connection is None
                 if not disconnected:
@@ -94,8 +102,8 @@ class Database:
                 if disconnected and attempt == 1 and fairy is not None:
                     continue  # a stale pooled connection: once more on a new one
                 raise sa_exc.DBAPIError.instance(
-                    sql,
-                    params,
+                    statement.sql,
+                    list(params),
                     exc,
                     dbapi_error,
                     connection_invalidated=disconnected,
@@ -127,6 +135,49 @@ class Database:
         for engine in (self._engine, self._autocommit):
             if engine is not None:
                 engine.dispose(close=False)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A statement for ``Database.execute_autocommit``: ``$1, $2, ...`` parameters, sent as
+    text except those whose (0-based) positions are in ``binary``."""
+
+    name: str
+    sql: str
+    binary: frozenset[int] = frozenset()
+
+
+def _run_prepared(
+    connection: psycopg.Connection[Any],
+    prepared: set[str],
+    statement: Prepared,
+    params: Sequence[bytes | None],
+) -> list[tuple[bytes | None, ...]]:
+    pgconn = connection.pgconn
+    if statement.name not in prepared:
+        _check(connection, pgconn.prepare(statement.name.encode(), statement.sql.encode()))
+        prepared.add(statement.name)
+    for position, value in enumerate(params):
+        # libpq reads a text parameter up to its first NUL; psycopg refuses those, so do we.
+        if value is not None and position not in statement.binary and b"\x00" in value:
+            raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+    formats = [1 if i in statement.binary else 0 for i in range(len(params))]
+    # None is SQL NULL, as psycopg itself sends it (the stubs only say bytes).
+    values: Any = list(params)
+    result = pgconn.exec_prepared(statement.name.encode(), values, formats)
+    _check(connection, result)
+    return [
+        tuple(result.get_value(row, column) for column in range(result.nfields))
+        for row in range(result.ntuples)
+    ]
+
+
+def _check(connection: psycopg.Connection[Any], result: pq.abc.PGresult) -> None:
+    if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+        return
+    if connection.pgconn.status == pq.ConnStatus.BAD:
+        raise psycopg.OperationalError(connection.pgconn.error_message.decode(errors="replace"))
+    raise psycopg.errors.error_from_result(result, encoding=connection.info.encoding)
 
 
 def _json_serializer(value: Any) -> str:

@@ -26,23 +26,27 @@ from typing import Any
 
 import orjson
 
+from webhooks_app.extensions import Prepared
 from webhooks_app.store import NewEvent
 
 Row = tuple[Any, ...]
-# Runs one statement in autocommit mode; returns its rows.
-Execute = Callable[[str, dict[str, Any]], list[Row]]
+# Runs a prepared statement in autocommit mode; returns its rows (Database.execute_autocommit).
+Execute = Callable[[Prepared, Sequence[bytes | None]], list[tuple[bytes | None, ...]]]
 
 # Run in autocommit mode: the statement is its own transaction, durable (synchronous_commit
 # stays on) when it returns. The payload goes in as the verified body's own text, cast to JSONB
 # by the server; the body itself as binary.
-_INSERT_EVENT = """
+_INSERT_EVENT = Prepared(
+    name="webhooks_insert_event",
+    sql="""
 INSERT INTO events (id, type, status, payload, raw_body, headers, data_id,
                     webhook_timestamp, received_at, updated_at, due_at)
-VALUES (%(id)s, %(type)s, 'received', %(raw_body_text)s::jsonb, %(raw_body)b, %(headers)s::jsonb,
-        %(data_id)s, %(webhook_timestamp)s, %(received_at)s, %(received_at)s, %(due_at)s)
+VALUES ($1, $2, 'received', $3::jsonb, $4, $5::jsonb, $6, $7, $8, $8, $9)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
-"""
+""",
+    binary=frozenset({3}),
+)
 
 _TAKE_RECEIVED = """
 UPDATE events SET status = 'queued', updated_at = %(now)s, due_at = %(due_at)s
@@ -139,21 +143,21 @@ WHERE e.id = b.id
 
 def insert_event(execute: Execute, event: NewEvent) -> bool:
     """Store the event unless its id is already stored; True if this stored it. ``execute``
-    runs a statement in autocommit mode and returns its rows (``Database.execute_autocommit``):
-    the row is durable when this returns. The unique key decides between racing duplicates."""
+    runs a prepared statement in autocommit mode (``Database.execute_autocommit``): the row is
+    durable when this returns. The unique key decides between racing duplicates."""
     rows = execute(
         _INSERT_EVENT,
-        {
-            "id": event.id,
-            "type": event.type,
-            "raw_body_text": event.raw_body.decode(),
-            "raw_body": event.raw_body,
-            "headers": orjson.dumps(event.headers).decode(),
-            "data_id": event.data_id,
-            "webhook_timestamp": event.webhook_timestamp,
-            "received_at": event.received_at,
-            "due_at": event.due_at,
-        },
+        [
+            event.id.encode(),
+            event.type.encode(),
+            event.raw_body,  # valid UTF-8 JSON: its own text
+            event.raw_body,
+            orjson.dumps(event.headers),
+            None if event.data_id is None else event.data_id.encode(),
+            str(event.webhook_timestamp).encode(),
+            event.received_at.isoformat().encode(),
+            event.due_at.isoformat().encode(),
+        ],
     )
     return bool(rows)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import timedelta
 
 import pytest
 from flask import Flask
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from tests.support.signing import delivery
 from webhooks_app import pgsql
@@ -83,3 +84,29 @@ def test_concurrent_deliveries_are_each_stored_once(app: Flask, service: Service
         assert outcomes == ["accepted", "duplicate"]
     with service.db.transaction() as session:
         assert session.scalar(select(func.count()).select_from(EventRow)) == len(ids)
+
+
+def test_a_nul_in_a_text_value_is_refused_not_truncated(service: Service) -> None:
+    # libpq would read a text parameter only up to the NUL: "chat.completion\x00x" would be
+    # stored as "chat.completion". It is refused, as psycopg itself refuses it.
+    event = dataclasses.replace(new_event("msg_nul_type"), type="chat.completion\x00x")
+    with pytest.raises(sa_exc.DataError):
+        pgsql.insert_event(service.db.execute_autocommit, event)
+    assert stored_ids(service) == set()
+
+
+def test_a_connection_killed_by_the_server_is_replaced_once(service: Service) -> None:
+    execute = service.db.execute_autocommit
+    assert pgsql.insert_event(execute, new_event("msg_before")) is True
+    with service.db.engine.connect() as connection:
+        killed = connection.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    assert killed >= 1
+    # The thread's connection is dead; the statement is retried once on a new one, prepared
+    # there again.
+    assert pgsql.insert_event(execute, new_event("msg_after")) is True
+    assert stored_ids(service) == {"msg_before", "msg_after"}
