@@ -176,21 +176,23 @@ def _timestamp_arg(name: str) -> datetime | None:
     if not raw:
         return None
     try:
-        if raw.isdigit():
+        if raw.isascii() and raw.isdigit():
             return datetime.fromtimestamp(int(raw), UTC)
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except (ValueError, OverflowError):
+        # In UTC here: a moment at the edge of the calendar whose offset takes it past year 1
+        # or 9999 is refused now, not when it is bound to the query.
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
         raise ApiError(
             400, f"{name} must be ISO 8601 or Unix seconds.", code="invalid_parameter", param=name
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise ApiError(
             400,
             f"{name} must be an integer from {low} to {high}.",

@@ -379,11 +379,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, event_id = orjson.loads(raw)
         moment = datetime.fromisoformat(stamp)
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+        if moment.tzinfo is None or not isinstance(event_id, str):
+            raise ValueError("not a cursor of ours")
+        return moment.astimezone(UTC), event_id
+    except (binascii.Error, ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
         raise CursorError("The cursor is not one this API returned.") from None
-    if moment.tzinfo is None or not isinstance(event_id, str):
-        raise CursorError("The cursor is not one this API returned.")
-    return moment, event_id
 
 
 @dataclass(frozen=True)

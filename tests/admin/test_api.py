@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -303,3 +303,45 @@ def test_openapi_describes_every_endpoint(app: Flask, client: FlaskClient) -> No
         path = rule.rule.replace("<", "{").replace(">", "}")
         served |= {(path, m) for m in rule.methods or () if m not in ("HEAD", "OPTIONS")}
     assert served == described
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        # Offsets that take a moment past the ends of the calendar once in UTC.
+        ("since=0001-01-01T00:00:00%2B14:00", "since"),
+        ("until=9999-12-31T23:59:59-14:00", "until"),
+        # A digit that is not a decimal one ("²".isdigit() is true, int("²") fails).
+        ("limit=%C2%B2", "limit"),
+        ("since=%C2%B2", "since"),
+    ],
+)
+def test_events_refuse_values_at_the_edges_with_400(
+    client: FlaskClient, auth_headers: dict[str, str], query: str, param: str
+) -> None:
+    error = assert_error(
+        client.get(f"/api/events?{query}", headers=auth_headers), 400, "invalid_parameter"
+    )
+    assert error["param"] == param
+
+
+def test_audit_refuses_a_bound_past_the_calendar_with_400(
+    client: FlaskClient, auth_headers: dict[str, str]
+) -> None:
+    error = assert_error(
+        client.get("/api/audit?end=9999-12-31T23:59:59-14:00", headers=auth_headers),
+        400,
+        "invalid_parameter",
+    )
+    assert error["param"] == "end"
+
+
+def test_a_cursor_past_the_calendar_is_refused_with_400(
+    client: FlaskClient, auth_headers: dict[str, str]
+) -> None:
+    cursor = store.encode_cursor(
+        datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-14))), "x"
+    )
+    assert_error(
+        client.get(f"/api/events?cursor={cursor}", headers=auth_headers), 400, "invalid_cursor"
+    )
