@@ -275,7 +275,13 @@ def test_audit_records_who_did_what(
 
 @pytest.mark.parametrize(
     ("query", "param"),
-    [("start=2024-13-01", "start"), ("end=tomorrow", "end"), ("limit=0", "limit")],
+    [
+        ("start=2024-13-01", "start"),
+        ("end=tomorrow", "end"),
+        ("limit=0", "limit"),
+        # An offset that takes the moment past the end of the calendar once in UTC.
+        ("end=9999-12-31T23:59:59-14:00", "end"),
+    ],
 )
 def test_audit_rejects_bad_parameters(
     client: FlaskClient, auth_headers: dict[str, str], query: str, param: str
@@ -323,17 +329,6 @@ def test_events_refuse_values_at_the_edges_with_400(
         client.get(f"/api/events?{query}", headers=auth_headers), 400, "invalid_parameter"
     )
     assert error["param"] == param
-
-
-def test_audit_refuses_a_bound_past_the_calendar_with_400(
-    client: FlaskClient, auth_headers: dict[str, str]
-) -> None:
-    error = assert_error(
-        client.get("/api/audit?end=9999-12-31T23:59:59-14:00", headers=auth_headers),
-        400,
-        "invalid_parameter",
-    )
-    assert error["param"] == "end"
 
 
 def test_a_cursor_past_the_calendar_is_refused_with_400(
