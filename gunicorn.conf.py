@@ -27,6 +27,12 @@ threads = int(os.environ.get("WEB_THREADS", "4"))
 timeout = 30
 graceful_timeout = 20
 keepalive = 2
+# Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
+# connections over them by address. With one shared socket, the worker that wakes first accepts
+# whatever arrives at once, and with keep-alive it keeps those connections: 8 connections all on
+# one process served 3,300 req/s where spread they served 6,300 (README, "Benchmark").
+# WEB_REUSE_PORT=0 goes back to one socket shared by all workers.
+reuse_port = os.environ.get("WEB_REUSE_PORT", "1") != "0"
 # Without it a worker could be forked holding the parent's DB connections.
 preload_app = False
 accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG") else None

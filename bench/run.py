@@ -135,6 +135,17 @@ def _rounds_phase(result: loadgen.LoadResult, rounds: list[dict[str, Any]]) -> d
     return phase
 
 
+def _shares(cpu: list[float]) -> list[float]:
+    total = sum(cpu)
+    return sorted((round(c / total, 2) for c in cpu), reverse=True) if total else []
+
+
+def _busiest(rounds: list[dict[str, Any]]) -> str:
+    """The busiest worker's share of the server's work, per round: "31/28/30%"."""
+    busiest = [r["worker_cpu_shares"][0] for r in rounds if r["worker_cpu_shares"]]
+    return "/".join(f"{share * 100:.0f}" for share in busiest) + "%" if busiest else "n/a"
+
+
 def _vacuum(engine: Any) -> None:
     """VACUUM (ANALYZE) the tables the pipeline writes, and wait for it to finish."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
@@ -205,11 +216,17 @@ class Bench:
     ) -> tuple[loadgen.LoadResult, dict[str, Any]]:
         """One closed-loop round, with the CPU it cost the server, PostgreSQL and the client."""
         server_pids = server.pids()
+        serving = stack.request_workers(server)
         pg_pids = _backend_pids(engine)
         server_before = stack.cpu_seconds(server_pids)
+        serving_before = [stack.cpu_seconds([pid]) for pid in serving]
         pg_before = stack.cpu_seconds(pg_pids)
         result, client_cpu = self._load(port, duration=self.o.duration)
         server_cpu = stack.cpu_seconds(server_pids) - server_before
+        serving_cpu = [
+            stack.cpu_seconds([pid]) - before
+            for pid, before in zip(serving, serving_before, strict=True)
+        ]
         pg_cpu = stack.cpu_seconds(pg_pids) - pg_before
         n = max(result.ok, 1)
         return result, {
@@ -217,6 +234,9 @@ class Bench:
             "server_cpu_ms_per_request": round(server_cpu / n * 1000, 3),
             "postgres_cpu_ms_per_request": round(pg_cpu / n * 1000, 3),
             "client_cpu_ms_per_request": round(client_cpu / n * 1000, 3),
+            # How the connections were spread over gunicorn's workers: each one's share of
+            # their CPU, busiest first. All on one process means one core's worth (the GIL).
+            "worker_cpu_shares": _shares(serving_cpu),
             "loadavg": round(os.getloadavg()[0], 2),
         }
 
@@ -512,13 +532,15 @@ def table(report: Report) -> str:
         (
             "bare Flask",
             f"{p['bare']['requests_per_second']:.0f} req/s (median of {len(p['bare']['rounds'])}"
-            f" rounds; server CPU {p['bare']['server_cpu_ms_per_request']:.2f} ms/req)",
+            f" rounds; server CPU {p['bare']['server_cpu_ms_per_request']:.2f} ms/req;"
+            f" busiest worker {_busiest(p['bare']['rounds'])})",
         ),
         (
             "intake",
             f"{p['intake']['requests_per_second']:.0f} req/s = {r['intake_vs_bare']:.2f}x bare "
             f"(server CPU {p['intake']['server_cpu_ms_per_request']:.2f} + PostgreSQL "
-            f"{p['intake']['postgres_cpu_ms_per_request']:.2f} ms/req)",
+            f"{p['intake']['postgres_cpu_ms_per_request']:.2f} ms/req;"
+            f" busiest worker {_busiest(p['intake']['rounds'])})",
         ),
         (
             "intake ack latency",

@@ -212,6 +212,19 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def request_workers(server: Process) -> list[int]:
+    """gunicorn's workers: the master's children but the outbox relay it starts beside them."""
+    workers = []
+    for pid in server.pids()[1:]:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"webhooks_app.outbox" not in command:
+            workers.append(pid)
+    return workers
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds used so far by these processes (Linux /proc)."""
     ticks = os.sysconf("SC_CLK_TCK")

@@ -33,6 +33,11 @@ def test_the_benchmark_runs_and_loses_nothing(
     assert checks["accepted"] > 0
     phases = report["phases"]
     assert phases["intake"]["errors"] == 0
+    for round_ in phases["bare"]["rounds"] + phases["intake"]["rounds"]:
+        shares = round_["worker_cpu_shares"]  # one per gunicorn worker, relay excluded
+        assert len(shares) in (0, report["options"]["web_concurrency"])
+        assert shares == sorted(shares, reverse=True)
+        assert not shares or sum(shares) == pytest.approx(1.0, abs=0.03)
     assert phases["burst"]["accepted"] == phases["burst"]["requests"] > 0
     assert phases["handlers"]["succeeded"] == phases["handlers"]["events"]
     assert "| intake" in capsys.readouterr().out
