@@ -46,7 +46,7 @@ APP_QUEUE = "webhooks"
 class Options:
     duration: float = 10.0
     connections: int = 8
-    web_concurrency: int = (os.cpu_count() or 1) * 2
+    web_concurrency: int = os.cpu_count() or 1  # gunicorn.conf.py's default
     worker_concurrency: int = os.cpu_count() or 1
     burst: int = 0
     warmup: float = 1.0
