@@ -17,7 +17,7 @@ import time
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # One process per core: the threads below cover the waits. Twice as many processes only added
-# context switches (intake 2,780-2,990 against 3,000-3,240 req/s on 2 cores; README, "Benchmark").
+# context switches (intake 2,730-2,980 against 2,980-3,240 req/s on 2 cores; README, "Benchmark").
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 # Threads: a request spends much of its time waiting for PostgreSQL's durable commit, which
 # other threads of the process use; and a provider's (or router's) keep-alive connection is kept
