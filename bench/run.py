@@ -448,7 +448,7 @@ class Bench:
         with app.producer_or_acquire() as producer:
             for _ in range(count):
                 app.send_task(NOOP_TASK, queue=NOOP_QUEUE, producer=producer)
-        self._start(
+        noop_worker = self._start(
             stack.celery_worker(
                 "bench.noop_app", env, self.log_dir, "noop", self.o.worker_concurrency, NOOP_QUEUE
             )
@@ -474,6 +474,7 @@ class Bench:
             time.sleep(0.02)
         seconds = time.monotonic() - started
         client.close()
+        noop_worker.stop()  # idle, it would still poll the broker during the phases after it
         return {
             "tasks": count,
             "seconds": round(seconds, 3),
