@@ -343,8 +343,17 @@ class Bench:
         self.report.checks = self._check_exactly_once(engine)
         bare_rps = phases["bare"]["requests_per_second"]
         noop_rate = phases["celery_noop"]["tasks_per_second"]
+        paired = [
+            i["requests_per_second"] / b["requests_per_second"]
+            for i, b in zip(phases["intake"]["rounds"], phases["bare"]["rounds"], strict=True)
+            if b["requests_per_second"]
+        ]
         self.report.ratios = {
             "intake_vs_bare": round(intake_rps / bare_rps, 3) if bare_rps else 0.0,
+            # Each intake round against the bare round just before it: the rounds alternate so
+            # that both see the same machine; this median is the figure least moved by its drift.
+            "intake_vs_bare_per_round": [round(r, 3) for r in paired],
+            "intake_vs_bare_paired_median": round(statistics.median(paired), 3) if paired else 0.0,
             "handlers_vs_celery_noop": round(phases["handlers"]["events_per_second"] / noop_rate, 3)
             if noop_rate
             else 0.0,
@@ -538,7 +547,9 @@ def table(report: Report) -> str:
         ),
         (
             "intake",
-            f"{p['intake']['requests_per_second']:.0f} req/s = {r['intake_vs_bare']:.2f}x bare "
+            f"{p['intake']['requests_per_second']:.0f} req/s = {r['intake_vs_bare']:.2f}x bare; "
+            f"round by round {'/'.join(f'{x:.2f}' for x in r['intake_vs_bare_per_round'])}x, "
+            f"median {r['intake_vs_bare_paired_median']:.2f}x "
             f"(server CPU {p['intake']['server_cpu_ms_per_request']:.2f} + PostgreSQL "
             f"{p['intake']['postgres_cpu_ms_per_request']:.2f} ms/req;"
             f" busiest worker {_busiest(p['intake']['rounds'])})",

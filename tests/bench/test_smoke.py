@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from statistics import median
 
 import pytest
 
@@ -33,6 +34,14 @@ def test_the_benchmark_runs_and_loses_nothing(
     assert checks["accepted"] > 0
     phases = report["phases"]
     assert phases["intake"]["errors"] == 0
+    # Each intake round is paired with the bare round run just before it.
+    paired = [
+        intake["requests_per_second"] / bare["requests_per_second"]
+        for intake, bare in zip(phases["intake"]["rounds"], phases["bare"]["rounds"], strict=True)
+    ]
+    ratios = report["ratios"]
+    assert ratios["intake_vs_bare_per_round"] == [round(r, 3) for r in paired]
+    assert ratios["intake_vs_bare_paired_median"] == pytest.approx(median(paired), abs=0.001)
     for round_ in phases["bare"]["rounds"] + phases["intake"]["rounds"]:
         shares = round_["worker_cpu_shares"]  # one per gunicorn worker, relay excluded
         assert len(shares) in (0, report["options"]["web_concurrency"])
