@@ -273,26 +273,6 @@ def test_audit_records_who_did_what(
     assert entries[1]["action"] == "admin.login"
 
 
-@pytest.mark.parametrize(
-    ("query", "param"),
-    [
-        ("start=2024-13-01", "start"),
-        ("end=tomorrow", "end"),
-        ("limit=0", "limit"),
-        # An offset that takes the moment past the end of the calendar once in UTC.
-        ("end=9999-12-31T23:59:59-14:00", "end"),
-    ],
-)
-def test_audit_rejects_bad_parameters(
-    client: FlaskClient, auth_headers: dict[str, str], query: str, param: str
-) -> None:
-    error = assert_error(
-        client.get(f"/api/audit?{query}", headers=auth_headers), 400, "invalid_parameter"
-    )
-    assert error["param"] == param
-    assert_error(client.get("/api/audit?cursor=zzz", headers=auth_headers), 400, "invalid_cursor")
-
-
 def test_openapi_describes_every_endpoint(app: Flask, client: FlaskClient) -> None:
     document = client.get("/api/openapi.json").get_json()
     assert document["openapi"].startswith("3.")
@@ -312,31 +292,43 @@ def test_openapi_describes_every_endpoint(app: Flask, client: FlaskClient) -> No
 
 
 @pytest.mark.parametrize(
-    ("query", "param"),
+    ("path", "query", "param"),
     [
+        ("/api/audit", "start=2024-13-01", "start"),
+        ("/api/audit", "end=tomorrow", "end"),
+        ("/api/audit", "limit=0", "limit"),
         # Offsets that take a moment past the ends of the calendar once in UTC.
-        ("since=0001-01-01T00:00:00%2B14:00", "since"),
-        ("until=9999-12-31T23:59:59-14:00", "until"),
+        ("/api/audit", "end=9999-12-31T23:59:59-14:00", "end"),
+        ("/api/events", "since=0001-01-01T00:00:00%2B14:00", "since"),
+        ("/api/events", "until=9999-12-31T23:59:59-14:00", "until"),
         # A digit that is not a decimal one ("²".isdigit() is true, int("²") fails).
-        ("limit=%C2%B2", "limit"),
-        ("since=%C2%B2", "since"),
+        ("/api/events", "limit=%C2%B2", "limit"),
+        ("/api/events", "since=%C2%B2", "since"),
     ],
 )
-def test_events_refuse_values_at_the_edges_with_400(
-    client: FlaskClient, auth_headers: dict[str, str], query: str, param: str
+def test_lists_refuse_bad_parameters_with_400(
+    client: FlaskClient, auth_headers: dict[str, str], path: str, query: str, param: str
 ) -> None:
     error = assert_error(
-        client.get(f"/api/events?{query}", headers=auth_headers), 400, "invalid_parameter"
+        client.get(f"{path}?{query}", headers=auth_headers), 400, "invalid_parameter"
     )
     assert error["param"] == param
 
 
-def test_a_cursor_past_the_calendar_is_refused_with_400(
-    client: FlaskClient, auth_headers: dict[str, str]
+@pytest.mark.parametrize(
+    ("path", "cursor"),
+    [
+        ("/api/audit", "zzz"),
+        # A cursor whose moment is past the end of the calendar once in UTC.
+        (
+            "/api/events",
+            store.encode_cursor(
+                datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-14))), "x"
+            ),
+        ),
+    ],
+)
+def test_lists_refuse_bad_cursors_with_400(
+    client: FlaskClient, auth_headers: dict[str, str], path: str, cursor: str
 ) -> None:
-    cursor = store.encode_cursor(
-        datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-14))), "x"
-    )
-    assert_error(
-        client.get(f"/api/events?cursor={cursor}", headers=auth_headers), 400, "invalid_cursor"
-    )
+    assert_error(client.get(f"{path}?cursor={cursor}", headers=auth_headers), 400, "invalid_cursor")
