@@ -178,10 +178,7 @@ def _timestamp_arg(name: str) -> datetime | None:
     try:
         if raw.isascii() and raw.isdigit():
             return datetime.fromtimestamp(int(raw), UTC)
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        # In UTC here: a moment at the edge of the calendar whose offset takes it past year 1
-        # or 9999 is refused now, not when it is bound to the query.
-        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return store.parse_moment(raw)
     except (ValueError, OverflowError, OSError):
         raise ApiError(
             400, f"{name} must be ISO 8601 or Unix seconds.", code="invalid_parameter", param=name

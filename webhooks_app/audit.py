@@ -53,9 +53,7 @@ def parse_bound(raw: str | None, param: str, *, end: bool) -> datetime | None:
             day = date.fromisoformat(raw)
             moment = datetime.combine(day, time(), UTC)
             return moment + timedelta(days=1) if end else moment
-        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        # In UTC here: an offset that takes the moment past year 1 or 9999 is refused now.
-        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return store.parse_moment(raw)
     except (ValueError, OverflowError):
         raise RangeError(
             f"{param} must be a date (YYYY-MM-DD) or an ISO 8601 date and time.", param

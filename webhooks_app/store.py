@@ -207,6 +207,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def parse_moment(raw: str) -> datetime:
+    """An ISO 8601 date and time (``Z`` allowed), in UTC; one without an offset is taken as UTC.
+
+    Converted here, so that an offset taking a moment past year 1 or 9999 raises now
+    (``OverflowError``) rather than when the moment is bound to a query. Otherwise raises
+    ``ValueError``.
+    """
+    moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def affected_rows(result: Result[Any]) -> int:
     """Rows an UPDATE or DELETE matched: what makes a conditional UPDATE a claim."""
     return cast(CursorResult[Any], result).rowcount
