@@ -214,15 +214,29 @@ def port_open(port: int) -> bool:
 
 def request_workers(server: Process) -> list[int]:
     """gunicorn's workers: the master's children but the outbox relay it starts beside them."""
-    workers = []
+    relays = set(relay_processes(server))
+    return [pid for pid in server.pids()[1:] if pid not in relays]
+
+
+def relay_processes(server: Process) -> list[int]:
+    """The outbox relay gunicorn's master starts beside its workers (none for another app)."""
+    relays = []
     for pid in server.pids()[1:]:
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"webhooks_app.outbox" not in command:
-            workers.append(pid)
-    return workers
+        if b"webhooks_app.outbox" in command:
+            relays.append(pid)
+    return relays
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (Linux /proc/stat: not idle, not
+    waiting for I/O), whatever the process."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pids: list[int]) -> float:

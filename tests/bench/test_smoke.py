@@ -47,6 +47,13 @@ def test_the_benchmark_runs_and_loses_nothing(
         assert len(shares) in (0, report["options"]["web_concurrency"])
         assert shares == sorted(shares, reverse=True)
         assert not shares or sum(shares) == pytest.approx(1.0, abs=0.03)
+    for e2e in (phases["e2e"], phases["e2e_quarter"]):
+        cpu = e2e["cpu_ms_per_event"]
+        assert set(cpu) == {"web", "relay", "worker", "postgres", "client"}
+        # Every part of the pipeline did some work for these events, and none is counted
+        # backwards (a process gone between the two readings would make a part negative).
+        assert all(v > 0 for v in cpu.values()), cpu
+        assert 0 < e2e["machine_busy"] <= 1.05
     assert phases["burst"]["accepted"] == phases["burst"]["requests"] > 0
     assert phases["handlers"]["succeeded"] == phases["handlers"]["events"]
     assert "| intake" in capsys.readouterr().out
