@@ -396,8 +396,8 @@ class Dispatcher:
         lease_until = now + self._lease
         with self._sessions.begin() as session:
             connection = _driver_connection(session)
-            locked = pgsql.lock_events(connection, sorted(ids), with_payload=True)
-            states = {(s.event_id, s.handler): s for s in pgsql.read_states(connection, ids)}
+            locked, read = pgsql.lock_and_read(connection, ids, with_payload=True)
+            states = {(s.event_id, s.handler): s for s in read}
             handlers = {e.id: self._registry.for_type(e.type) for e in locked}
             new: list[tuple[str, str, int]] = []
             pending: list[tuple[str, str]] = []
@@ -455,8 +455,7 @@ class Dispatcher:
         now = utcnow()
         with self._sessions.begin() as session:
             connection = _driver_connection(session)
-            locked = pgsql.lock_events(connection, sorted({event.id for event, _ in done}))
-            ours = pgsql.finish_succeeded(
+            locked, ours, states = pgsql.finish_succeeded(
                 connection,
                 [
                     pgsql.Claimed(
@@ -475,7 +474,6 @@ class Dispatcher:
             )
             ours_events = {event_id for event_id, _ in ours}
             changed = [(e.id, e.type) for e in locked if e.id in ours_events]
-            states = pgsql.read_states(connection, [event_id for event_id, _ in changed])
             self._write_batch_statuses(connection, changed, states, now)
         for event, claim in done:
             ok = (event.id, claim.handler.name) in ours
