@@ -396,7 +396,7 @@ class Dispatcher:
         lease_until = now + self._lease
         with self._sessions.begin() as session:
             connection = _driver_connection(session)
-            locked, read = pgsql.lock_and_read(connection, ids, with_payload=True)
+            locked, read = pgsql.lock_and_load(connection, ids)
             states = {(s.event_id, s.handler): s for s in read}
             handlers = {e.id: self._registry.for_type(e.type) for e in locked}
             new: list[tuple[str, str, int]] = []

@@ -185,7 +185,7 @@ class LockedEvent:
     id: str
     type: str
     received_at: datetime
-    payload: dict[str, Any] | None  # when asked for
+    payload: dict[str, Any] | None  # when loaded
 
 
 @dataclass(frozen=True)
@@ -216,31 +216,22 @@ def take_received(connection: Any, *, limit: int, now: datetime, due_at: datetim
     return [event_id for (event_id,) in rows]
 
 
-def lock_and_read(
-    connection: Any, ids: Sequence[str], *, with_payload: bool = False
-) -> tuple[list[LockedEvent], list[State]]:
-    """Lock the events that exist among ``ids``, in id order (see ``store.lock_events``), then
-    read their handler states: two statements, sent together (one round trip)."""
+def lock_and_load(connection: Any, ids: Sequence[str]) -> tuple[list[LockedEvent], list[State]]:
+    """Lock the events that exist among ``ids``, in id order (see ``store.lock_events``), and
+    load them with their handler states, read after the lock: two statements, one round trip."""
     locked, states = _run_together(
         connection,
-        [
-            (_LOCK_AND_LOAD_EVENTS if with_payload else _LOCK_EVENTS, {"ids": sorted(ids)}),
-            (_READ_STATES, {"ids": list(ids)}),
-        ],
+        [(_LOCK_AND_LOAD_EVENTS, {"ids": sorted(ids)}), (_READ_STATES, {"ids": list(ids)})],
     )
-    return _locked(locked), [State(*row) for row in states]
+    return (
+        [LockedEvent(i, t, at, orjson.loads(payload)) for i, t, at, payload in locked],
+        [State(*row) for row in states],
+    )
 
 
 def read_states(connection: Any, ids: Sequence[str]) -> list[State]:
     """The handler states of these events; lock them first."""
     return [State(*row) for row in _run(connection, _READ_STATES, {"ids": list(ids)})]
-
-
-def _locked(rows: list[Row]) -> list[LockedEvent]:
-    return [
-        LockedEvent(row[0], row[1], row[2], orjson.loads(row[3]) if len(row) > 3 else None)
-        for row in rows
-    ]
 
 
 def claim(
@@ -296,7 +287,7 @@ def finish_succeeded(
         ],
     )
     return (
-        _locked(locked),
+        [LockedEvent(i, t, at, None) for i, t, at in locked],
         {(event_id, handler) for event_id, handler in ours},
         [State(*row) for row in states],
     )
