@@ -1,4 +1,5 @@
-"""The PostgreSQL hot-path statements against a real database: the intake's insert."""
+"""The PostgreSQL hot-path statements against a real database: the intake's insert, and the
+worker's statements sent together."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import dataclasses
 import threading
 from datetime import timedelta
 
+import psycopg
 import pytest
 from flask import Flask
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from tests.support.signing import delivery
 from webhooks_app import pgsql
@@ -110,3 +113,46 @@ def test_a_connection_killed_by_the_server_is_replaced_once(service: Service) ->
     # there again.
     assert pgsql.insert_event(execute, new_event("msg_after")) is True
     assert stored_ids(service) == {"msg_before", "msg_after"}
+
+
+def driver(session: Session) -> psycopg.Connection[tuple[object, ...]]:
+    connection = session.connection().connection.driver_connection
+    assert isinstance(connection, psycopg.Connection)
+    return connection
+
+
+def test_statements_sent_together_run_in_order(service: Service) -> None:
+    assert pgsql.insert_event(service.db.execute_autocommit, new_event("msg_together")) is True
+    with service.db.transaction() as session:
+        locked, states = pgsql.lock_and_load(driver(session), ["msg_together", "msg_missing"])
+        assert [(e.id, e.payload) for e in locked] == [
+            ("msg_together", {"event": "chat.completion", "data": {"id": "chat_1"}})
+        ]
+        assert states == []
+        # Each statement starts after the one before it ended, and sees what it wrote: the
+        # property a read placed after a lock relies on.
+        written, read = pgsql._run_together(
+            driver(session),
+            [
+                ("UPDATE events SET status = 'queued' WHERE id = 'msg_together'", {}),
+                ("SELECT status FROM events WHERE id = 'msg_together'", {}),
+            ],
+        )
+        assert (written, read) == ([], [("queued",)])
+
+
+def test_a_failed_statement_sent_together_raises_and_spoils_nothing(service: Service) -> None:
+    assert pgsql.insert_event(service.db.execute_autocommit, new_event("msg_kept")) is True
+    with pytest.raises(psycopg.errors.DivisionByZero), service.db.transaction() as session:
+        pgsql._run_together(
+            driver(session),
+            [
+                ("UPDATE events SET status = 'queued' WHERE id = 'msg_kept'", {}),
+                ("SELECT 1 / 0", {}),
+            ],
+        )
+    with service.db.transaction() as session:  # the same pooled connection, usable again
+        locked, _ = pgsql.lock_and_load(driver(session), ["msg_kept"])
+        status = session.scalar(select(EventRow.status).where(EventRow.id == "msg_kept"))
+    assert [e.id for e in locked] == ["msg_kept"]
+    assert status == "received"  # the whole transaction was rolled back
