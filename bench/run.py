@@ -166,6 +166,30 @@ def _backend_pids(engine: Any) -> list[int]:
         ]
 
 
+def _pipeline_cpu(
+    web: stack.Process, worker: stack.Process, engine: Any
+) -> dict[str, dict[int, float]]:
+    """CPU seconds used so far by each process of each part of the pipeline."""
+    relay = stack.relay_processes(web)
+    parts = {
+        "web": [p for p in web.pids() if p not in relay],
+        "relay": relay,
+        "worker": worker.pids(),
+        "postgres": _backend_pids(engine),
+    }
+    return {part: {p: stack.cpu_seconds([p]) for p in pids} for part, pids in parts.items()}
+
+
+def _cpu_spent(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
+) -> dict[str, float]:
+    """Per part, the CPU its processes used in between (one started since counts whole)."""
+    return {
+        part: sum(used - before[part].get(pid, 0.0) for pid, used in now.items())
+        for part, now in after.items()
+    }
+
+
 class Bench:
     def __init__(self, options: Options) -> None:
         self.o = options
@@ -238,29 +262,6 @@ class Bench:
             # their CPU, busiest first. All on one process means one core's worth (the GIL).
             "worker_cpu_shares": _shares(serving_cpu),
             "loadavg": round(os.getloadavg()[0], 2),
-        }
-
-    def _pipeline_cpu(
-        self, web: stack.Process, worker: stack.Process, engine: Any
-    ) -> dict[str, dict[int, float]]:
-        """CPU seconds used so far by each process of each part of the pipeline."""
-        relay = stack.relay_processes(web)
-        parts = {
-            "web": [p for p in web.pids() if p not in relay],
-            "relay": relay,
-            "worker": worker.pids(),
-            "postgres": _backend_pids(engine),
-        }
-        return {part: {p: stack.cpu_seconds([p]) for p in pids} for part, pids in parts.items()}
-
-    @staticmethod
-    def _cpu_spent(
-        before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
-    ) -> dict[str, float]:
-        """Per part, the CPU its processes used in between (one started since counts whole)."""
-        return {
-            part: sum(used - before[part].get(pid, 0.0) for pid, used in now.items())
-            for part, now in after.items()
         }
 
     def _start(self, process: stack.Process) -> stack.Process:
@@ -341,7 +342,7 @@ class Bench:
         for name, fraction in (("e2e", 0.5), ("e2e_quarter", 0.25)):
             _vacuum(engine)
             rate = max(intake_rps * fraction, 1.0)
-            before = self._pipeline_cpu(web, worker, engine)
+            before = _pipeline_cpu(web, worker, engine)
             busy_before, wall_before = stack.machine_busy_seconds(), time.monotonic()
             result, cpu = self._load(port, duration=o.duration, rate=rate)
             busy = (stack.machine_busy_seconds() - busy_before) / (
@@ -350,7 +351,7 @@ class Bench:
             self.accepted += result.accepted
             self._wait_finished(engine, result.accepted)
             spent = {
-                **self._cpu_spent(before, self._pipeline_cpu(web, worker, engine)),
+                **_cpu_spent(before, _pipeline_cpu(web, worker, engine)),
                 "client": cpu,
             }
             n = max(len(result.accepted), 1)

@@ -455,7 +455,7 @@ class Dispatcher:
         now = utcnow()
         with self._sessions.begin() as session:
             connection = _driver_connection(session)
-            locked, ours, states = pgsql.finish_succeeded(
+            locked, ours, states = pgsql.lock_and_record_successes(
                 connection,
                 [
                     pgsql.Claimed(

@@ -260,7 +260,7 @@ def claim(
     return [Claimed(*row) for row in claimed]
 
 
-def finish_succeeded(
+def lock_and_record_successes(
     connection: Any, done: Sequence[Claimed], *, now: datetime, abandoned_error: str
 ) -> tuple[list[LockedEvent], set[tuple[str, str]], list[State]]:
     """Record these successful attempts: lock their events, record the attempts, and read the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.run import Bench, _cpu_split
+from bench.run import _cpu_spent, _cpu_split
 
 
 def test_cpu_spent_counts_each_process_since_the_first_reading() -> None:
@@ -14,7 +14,7 @@ def test_cpu_spent_counts_each_process_since_the_first_reading() -> None:
         # 20 went away (its last share is lost, not subtracted); 21 started in between.
         "postgres": {21: 0.4},
     }
-    spent = Bench._cpu_spent(before, after)
+    spent = _cpu_spent(before, after)
     assert spent == {"web": pytest.approx(0.75), "postgres": pytest.approx(0.4)}
 
 
