@@ -143,15 +143,23 @@ def test_statements_sent_together_run_in_order(service: Service) -> None:
 
 def test_a_failed_statement_sent_together_raises_and_spoils_nothing(service: Service) -> None:
     assert pgsql.insert_event(service.db.execute_autocommit, new_event("msg_kept")) is True
-    with pytest.raises(psycopg.errors.DivisionByZero), service.db.transaction() as session:
-        pgsql._run_together(
-            driver(session),
-            [
-                ("UPDATE events SET status = 'queued' WHERE id = 'msg_kept'", {}),
-                ("SELECT 1 / 0", {}),
-            ],
-        )
-    with service.db.transaction() as session:  # the same pooled connection, usable again
+    failed_on: list[int] = []
+
+    def update_then_fail() -> None:
+        with service.db.transaction() as session:
+            failed_on.append(session.scalar(text("SELECT pg_backend_pid()")))
+            pgsql._run_together(
+                driver(session),
+                [
+                    ("UPDATE events SET status = 'queued' WHERE id = 'msg_kept'", {}),
+                    ("SELECT 1 / 0", {}),
+                ],
+            )
+
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        update_then_fail()
+    with service.db.transaction() as session:
+        assert [session.scalar(text("SELECT pg_backend_pid()"))] == failed_on  # usable again
         locked, _ = pgsql.lock_and_load(driver(session), ["msg_kept"])
         status = session.scalar(select(EventRow.status).where(EventRow.id == "msg_kept"))
     assert [e.id for e in locked] == ["msg_kept"]
