@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=celery,
         registry=registry,
         relay=Relay(db.sessions, publish, settings),
-        dispatcher=Dispatcher(db.sessions, registry, settings),
+        dispatcher=Dispatcher(db.sessions, registry, settings, pipelined=db.pipelined_transaction),
         publish=publish,
     )
     # Stored subscription secrets count beside WEBHOOK_SECRETS; one that cannot be decrypted

@@ -27,6 +27,7 @@ import time
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -51,6 +52,9 @@ from webhooks_app.store import (
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Sequence[str]], None]
+# A transaction on PostgreSQL, pipelined, yielding the driver's connection for ``pgsql``:
+# ``Database.pipelined_transaction``.
+PipelinedTransaction = Callable[[], AbstractContextManager[Any]]
 
 
 # --- hand-off -------------------------------------------------------------------------------
@@ -334,9 +338,15 @@ class Dispatcher:
     """Runs the registered handlers of one stored event; every step is safe to repeat."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], registry: Registry, settings: Settings
+        self,
+        sessions: sessionmaker[Session],
+        registry: Registry,
+        settings: Settings,
+        *,
+        pipelined: PipelinedTransaction | None = None,
     ) -> None:
         self._sessions = sessions
+        self._pipelined = pipelined or _no_pipelined_transaction
         self._registry = registry
         self._settings = settings
         self._lease = timedelta(seconds=settings.handler_lease_seconds)
@@ -394,8 +404,7 @@ class Dispatcher:
         """
         now = utcnow()
         lease_until = now + self._lease
-        with self._sessions.begin() as session:
-            connection = _driver_connection(session)
+        with self._pipelined() as connection:
             locked, read = pgsql.lock_and_load(connection, ids)
             states = {(s.event_id, s.handler): s for s in read}
             handlers = {e.id: self._registry.for_type(e.type) for e in locked}
@@ -453,8 +462,7 @@ class Dispatcher:
         if not done:
             return
         now = utcnow()
-        with self._sessions.begin() as session:
-            connection = _driver_connection(session)
+        with self._pipelined() as connection:
             locked, ours, states = pgsql.lock_and_record_successes(
                 connection,
                 [
@@ -808,6 +816,10 @@ class Dispatcher:
         if HandlerStatus.DEAD.value in statuses:
             return EventStatus.DEAD, None
         return EventStatus.SUCCEEDED, None
+
+
+def _no_pipelined_transaction() -> AbstractContextManager[Any]:
+    raise RuntimeError("the batch path needs PostgreSQL and Database.pipelined_transaction")
 
 
 def _driver_connection(session: Session) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,13 +35,14 @@ class Database:
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
         self._autocommit: Engine | None = None
+        self._pipelined: Engine | None = None
         self._local = threading.local()
 
     def configure(self, settings: Settings, *, pool_size: int = 5) -> None:
         self.dispose()
         self._engine = make_engine(settings, pool_size=pool_size)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
-        self._autocommit = None
+        self._autocommit = self._pipelined = None
         if not settings.is_sqlite:
             # The intake's own pool, a connection per request thread: autocommit (a statement
             # is its own durable transaction: no BEGIN/COMMIT round trips) and no pre-ping round
@@ -52,10 +54,17 @@ class Database:
                 pre_ping=False,
                 custom_plans=False,
             )
+            # The dispatcher's transactions (``pipelined_transaction``): autocommit, so that
+            # BEGIN and COMMIT are statements sent with the rest; a connection is pinged only
+            # when it comes back from a rest (``ping_after_rest``).
+            self._pipelined = make_engine(
+                settings, pool_size=2, isolation_level="AUTOCOMMIT", pre_ping=False
+            )
+            ping_after_rest(self._pipelined)
 
     def dispose(self) -> None:
         self._local = threading.local()
-        for engine in (self._engine, self._autocommit):
+        for engine in (self._engine, self._autocommit, self._pipelined):
             if engine is not None:
                 engine.dispose()
 
@@ -129,10 +138,45 @@ class Database:
         with self.sessions.begin() as session:
             yield session
 
+    @contextmanager
+    def pipelined_transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction on a pooled psycopg connection in pipeline mode; commits on success.
+
+        Statements go to the server as they are executed, and the caller waits only when it
+        reads rows: BEGIN travels with the first statement, and a write whose rows nobody
+        reads travels with the next read, or with the COMMIT. On a machine where every round
+        trip costs both sides about 0.1 ms of CPU, and a wait for a busy core besides, the
+        dispatcher's message takes 5 round trips instead of 11 (``pgsql``).
+
+        A failure anywhere raises (at the latest when the transaction ends) and rolls it all
+        back. PostgreSQL only; errors are psycopg's own.
+        """
+        engine = self._pipelined
+        if engine is None:
+            raise RuntimeError("pipelined transactions need PostgreSQL")
+        fairy = engine.raw_connection()
+        connection: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
+        try:
+            with connection.pipeline():
+                connection.execute("BEGIN")
+                yield connection
+                connection.execute("COMMIT")
+        except BaseException as exc:
+            if connection.broken or connection.closed:
+                fairy.invalidate(exc)
+            elif connection.info.transaction_status != pq.TransactionStatus.IDLE:
+                try:
+                    connection.rollback()
+                except psycopg.Error as rollback_error:
+                    fairy.invalidate(rollback_error)
+            raise
+        finally:
+            fairy.close()
+
     def after_fork(self) -> None:
         """Forked children must not share the parent's pooled connections."""
         self._local = threading.local()
-        for engine in (self._engine, self._autocommit):
+        for engine in (self._engine, self._autocommit, self._pipelined):
             if engine is not None:
                 engine.dispose(close=False)
 
@@ -218,6 +262,36 @@ def make_engine(
     if custom_plans:
         event.listen(engine, "connect", _plan_each_execution)
     return engine
+
+
+# A pooled connection that rested this long is pinged before use (see ``ping_after_rest``).
+REST_BEFORE_PING_SECONDS = 2.0
+
+
+def ping_after_rest(engine: Engine) -> None:
+    """Ping a pooled connection on checkout only if it has rested in the pool a while.
+
+    SQLAlchemy's ``pool_pre_ping`` costs a round trip on every checkout: under load, two of a
+    worker message's eleven. A connection in steady use is known to be alive; one that rested
+    (the server may have restarted, a proxy may have cut it) is pinged, and a dead one is
+    replaced before anyone uses it (SQLAlchemy's documented ``DisconnectionError`` pattern).
+    What is left, a connection killed within the last seconds, fails its transaction, which
+    rolls back: the event's ``due_at`` brings it back through the sweep.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _rested_since(_dbapi_connection: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_rested(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        rested_since = record.info.get("checked_in_at")
+        if rested_since is None or time.monotonic() - rested_since < REST_BEFORE_PING_SECONDS:
+            return
+        try:
+            dbapi_connection.execute("SELECT 1")
+        except psycopg.Error as exc:
+            raise sa_exc.DisconnectionError(str(exc)) from exc
 
 
 def _plan_each_execution(dbapi_connection: Any, _record: Any) -> None:

@@ -8,10 +8,12 @@ never changes and psycopg prepares each statement on the server once. Building, 
 running a dozen SQLAlchemy statements per message cost several times the database's own work
 (``bench/``, README "Benchmark"). Round trips are counted too: on this kind of machine each
 costs the worker and the server about 0.1 ms of CPU apiece, more than most statements' own
-work. So a claim starts its attempt in the same statement, a success records its attempt in the
-same statement, and statements that need nothing from each other's results (a lock and the
-reads after it) are sent together in psycopg's pipeline mode: a message takes 9 round trips
-where it took 16.
+work, and under load a wait for a busy core besides. So a claim starts its attempt in the same
+statement, a success records its attempt in the same statement, and the dispatcher runs its
+transactions in psycopg's pipeline mode (``Database.pipelined_transaction``): a statement is
+sent when it is made, and the worker waits only where it reads rows. BEGIN goes with the first
+read, a write nobody reads (``set_statuses``) with the COMMIT: a message takes 5 round trips.
+Every function here works the same outside pipeline mode, one round trip per statement.
 
 The statements keep the rules of the portable code in ``store`` and the one-event path: events
 are locked first, in id order (``store.lock_events``); a claim is a conditional write that only
@@ -19,7 +21,7 @@ one worker can make; a success is recorded only under the claim's token. SQLite,
 a time, runs the portable code only.
 
 Each function but ``insert_event`` (autocommit) takes the psycopg connection of the caller's
-transaction; the caller commits.
+transaction; the caller commits. Each sends all its statements before it reads any result.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import psycopg
 
 from webhooks_app.extensions import Prepared
 from webhooks_app.store import NewEvent
@@ -212,26 +215,24 @@ class State:
 
 def take_received(connection: Any, *, limit: int, now: datetime, due_at: datetime) -> list[str]:
     """``store.take_received``: mark up to ``limit`` received events queued, return their ids."""
-    rows = _run(connection, _TAKE_RECEIVED, {"limit": limit, "now": now, "due_at": due_at})
-    return [event_id for (event_id,) in rows]
+    rows = _send(connection, _TAKE_RECEIVED, {"limit": limit, "now": now, "due_at": due_at})
+    return [event_id for (event_id,) in rows.fetchall()]
 
 
 def lock_and_load(connection: Any, ids: Sequence[str]) -> tuple[list[LockedEvent], list[State]]:
     """Lock the events that exist among ``ids``, in id order (see ``store.lock_events``), and
-    load them with their handler states, read after the lock: two statements, one round trip."""
-    locked, states = _run_together(
-        connection,
-        [(_LOCK_AND_LOAD_EVENTS, {"ids": sorted(ids)}), (_READ_STATES, {"ids": list(ids)})],
-    )
+    load them with their handler states, read after the lock."""
+    locked = _send(connection, _LOCK_AND_LOAD_EVENTS, {"ids": sorted(ids)})
+    states = _send(connection, _READ_STATES, {"ids": list(ids)})
     return (
-        [LockedEvent(i, t, at, orjson.loads(payload)) for i, t, at, payload in locked],
-        [State(*row) for row in states],
+        [LockedEvent(i, t, at, orjson.loads(p)) for i, t, at, p in locked.fetchall()],
+        [State(*row) for row in states.fetchall()],
     )
 
 
 def read_states(connection: Any, ids: Sequence[str]) -> list[State]:
     """The handler states of these events; lock them first."""
-    return [State(*row) for row in _run(connection, _READ_STATES, {"ids": list(ids)})]
+    return [State(*row) for row in _send(connection, _READ_STATES, {"ids": list(ids)}).fetchall()]
 
 
 def claim(
@@ -246,59 +247,62 @@ def claim(
     created running; ``pending`` ones have a row and are taken if it is still ``pending``.
     A pair another worker holds is simply not returned."""
     times = {"now": now, "lease_until": lease_until}
-    claimed: list[Row] = []
+    sent: list[psycopg.Cursor[Row]] = []
     if new:
-        claimed += _run(
-            connection,
-            _CLAIM_NEW,
-            {**times, **_columns(("event_ids", "handlers", "max_attempts"), new)},
+        sent.append(
+            _send(
+                connection,
+                _CLAIM_NEW,
+                {**times, **_columns(("event_ids", "handlers", "max_attempts"), new)},
+            )
         )
     if pending:
-        claimed += _run(
-            connection, _CLAIM_PENDING, {**times, **_columns(("event_ids", "handlers"), pending)}
+        sent.append(
+            _send(
+                connection,
+                _CLAIM_PENDING,
+                {**times, **_columns(("event_ids", "handlers"), pending)},
+            )
         )
-    return [Claimed(*row) for row in claimed]
+    return [Claimed(*row) for cursor in sent for row in cursor.fetchall()]
 
 
 def lock_and_record_successes(
     connection: Any, done: Sequence[Claimed], *, now: datetime, abandoned_error: str
 ) -> tuple[list[LockedEvent], set[tuple[str, str]], list[State]]:
     """Record these successful attempts: lock their events, record the attempts, and read the
-    events' handler states after it, in one round trip. Returns the locked events, the
+    events' handler states after it. Returns the locked events, the
     (event, handler) pairs still ours, and the states. An attempt whose claim was taken over is
     recorded ``abandoned`` with ``abandoned_error``."""
     event_ids = sorted({c.event_id for c in done})
-    locked, ours, states = _run_together(
+    locked = _send(connection, _LOCK_EVENTS, {"ids": event_ids})
+    ours = _send(
         connection,
-        [
-            (_LOCK_EVENTS, {"ids": event_ids}),
-            (
-                _FINISH_SUCCEEDED,
-                {
-                    "now": now,
-                    "abandoned_error": abandoned_error,
-                    **_columns(
-                        ("event_ids", "handlers", "runs", "tokens", "attempt_ids"),
-                        [(c.event_id, c.handler, c.run, c.token, c.attempt_id) for c in done],
-                    ),
-                },
+        _FINISH_SUCCEEDED,
+        {
+            "now": now,
+            "abandoned_error": abandoned_error,
+            **_columns(
+                ("event_ids", "handlers", "runs", "tokens", "attempt_ids"),
+                [(c.event_id, c.handler, c.run, c.token, c.attempt_id) for c in done],
             ),
-            (_READ_STATES, {"ids": event_ids}),
-        ],
+        },
     )
+    states = _send(connection, _READ_STATES, {"ids": event_ids})
     return (
-        [LockedEvent(i, t, at, None) for i, t, at in locked],
-        {(event_id, handler) for event_id, handler in ours},
-        [State(*row) for row in states],
+        [LockedEvent(i, t, at, None) for i, t, at in locked.fetchall()],
+        {(event_id, handler) for event_id, handler in ours.fetchall()},
+        [State(*row) for row in states.fetchall()],
     )
 
 
 def set_statuses(
     connection: Any, statuses: Sequence[tuple[str, str, datetime | None]], *, now: datetime
 ) -> None:
-    """Write events' (id, status, due_at), derived by the caller from the locked states."""
+    """Write events' (id, status, due_at), derived by the caller from the locked states. Nothing
+    is read back: in pipeline mode the write goes with the caller's COMMIT."""
     if statuses:
-        _run(
+        _send(
             connection,
             _SET_STATUSES,
             {"now": now, **_columns(("ids", "statuses", "due_ats"), statuses)},
@@ -310,17 +314,8 @@ def _columns(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, l
     return {name: [row[i] for row in rows] for i, name in enumerate(names)}
 
 
-def _run(connection: Any, sql: str, params: dict[str, Any]) -> list[Row]:
-    cursor = connection.execute(sql, params, prepare=True)
-    return cursor.fetchall() if cursor.description else []
-
-
-def _run_together(
-    connection: Any, statements: Sequence[tuple[str, dict[str, Any]]]
-) -> list[list[Row]]:
-    """Run statements in order, sent in one batch (psycopg's pipeline mode): one round trip
-    instead of one each. Each is still its own statement, with a snapshot taken when it starts:
-    a read placed after a lock sees what the lock waited for."""
-    with connection.pipeline():
-        cursors = [connection.execute(sql, params, prepare=True) for sql, params in statements]
-    return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+def _send(connection: Any, sql: str, params: dict[str, Any]) -> psycopg.Cursor[Row]:
+    """Execute a statement, prepared on the server; its rows are read from the cursor. In
+    pipeline mode this only sends it: reading the rows waits for them."""
+    cursor: psycopg.Cursor[Row] = connection.execute(sql, params, prepare=True)
+    return cursor

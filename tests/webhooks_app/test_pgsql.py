@@ -6,16 +6,16 @@ from __future__ import annotations
 import dataclasses
 import threading
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 import pytest
 from flask import Flask
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
 
 from tests.support.signing import delivery
-from webhooks_app import pgsql
+from webhooks_app import extensions, pgsql
 from webhooks_app.service import Service
 from webhooks_app.store import EventRow, NewEvent, utcnow
 
@@ -115,52 +115,68 @@ def test_a_connection_killed_by_the_server_is_replaced_once(service: Service) ->
     assert stored_ids(service) == {"msg_before", "msg_after"}
 
 
-def driver(session: Session) -> psycopg.Connection[tuple[object, ...]]:
-    connection = session.connection().connection.driver_connection
-    assert isinstance(connection, psycopg.Connection)
-    return connection
+def backend_pid(connection: psycopg.Connection[Any]) -> int:
+    pid = connection.execute("SELECT pg_backend_pid()").fetchone()
+    assert pid is not None
+    return int(pid[0])
 
 
-def test_statements_sent_together_run_in_order(service: Service) -> None:
-    assert pgsql.insert_event(service.db.execute_autocommit, new_event("msg_together")) is True
+def event_status(service: Service, event_id: str) -> str | None:
     with service.db.transaction() as session:
-        locked, states = pgsql.lock_and_load(driver(session), ["msg_together", "msg_missing"])
+        return session.scalar(select(EventRow.status).where(EventRow.id == event_id))
+
+
+def test_a_pipelined_transaction_runs_its_statements_in_order_and_commits(
+    service: Service,
+) -> None:
+    assert pgsql.insert_event(service.db.execute_autocommit, new_event("msg_together")) is True
+    with service.db.pipelined_transaction() as connection:
+        locked, states = pgsql.lock_and_load(connection, ["msg_together", "msg_missing"])
         assert [(e.id, e.payload) for e in locked] == [
             ("msg_together", {"event": "chat.completion", "data": {"id": "chat_1"}})
         ]
         assert states == []
         # Each statement starts after the one before it ended, and sees what it wrote: the
         # property a read placed after a lock relies on.
-        written, read = pgsql._run_together(
-            driver(session),
-            [
-                ("UPDATE events SET status = 'queued' WHERE id = 'msg_together'", {}),
-                ("SELECT status FROM events WHERE id = 'msg_together'", {}),
-            ],
-        )
-        assert (written, read) == ([], [("queued",)])
+        connection.execute("UPDATE events SET status = 'queued' WHERE id = 'msg_together'")
+        read = connection.execute("SELECT status FROM events WHERE id = 'msg_together'")
+        assert read.fetchall() == [("queued",)]
+        # A write nobody reads goes with the COMMIT, and is committed.
+        pgsql.set_statuses(connection, [("msg_together", "succeeded", None)], now=utcnow())
+    assert event_status(service, "msg_together") == "succeeded"
 
 
-def test_a_failed_statement_sent_together_raises_and_spoils_nothing(service: Service) -> None:
+@pytest.mark.parametrize("read_the_failure", [True, False], ids=["read", "never read"])
+def test_a_failure_in_a_pipelined_transaction_raises_and_rolls_it_all_back(
+    service: Service, read_the_failure: bool
+) -> None:
     assert pgsql.insert_event(service.db.execute_autocommit, new_event("msg_kept")) is True
-    failed_on: list[int] = []
+    used: list[int] = []
 
     def update_then_fail() -> None:
-        with service.db.transaction() as session:
-            failed_on.append(session.scalar(text("SELECT pg_backend_pid()")))
-            pgsql._run_together(
-                driver(session),
-                [
-                    ("UPDATE events SET status = 'queued' WHERE id = 'msg_kept'", {}),
-                    ("SELECT 1 / 0", {}),
-                ],
-            )
+        with service.db.pipelined_transaction() as connection:
+            used.append(backend_pid(connection))
+            connection.execute("UPDATE events SET status = 'queued' WHERE id = 'msg_kept'")
+            failing = connection.execute("SELECT 1 / 0")
+            if read_the_failure:
+                failing.fetchall()
 
     with pytest.raises(psycopg.errors.DivisionByZero):
         update_then_fail()
-    with service.db.transaction() as session:
-        assert [session.scalar(text("SELECT pg_backend_pid()"))] == failed_on  # usable again
-        locked, _ = pgsql.lock_and_load(driver(session), ["msg_kept"])
-        status = session.scalar(select(EventRow.status).where(EventRow.id == "msg_kept"))
+    assert event_status(service, "msg_kept") == "received"  # the update was rolled back
+    with service.db.pipelined_transaction() as connection:
+        assert backend_pid(connection) == used[0]  # the same connection, usable again
+        locked, _ = pgsql.lock_and_load(connection, ["msg_kept"])
     assert [e.id for e in locked] == ["msg_kept"]
-    assert status == "received"  # the whole transaction was rolled back
+
+
+def test_a_connection_that_rested_is_pinged_and_replaced_if_dead(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with service.db.pipelined_transaction() as connection:
+        first = backend_pid(connection)
+    with service.db.engine.connect() as admin:
+        assert admin.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+    monkeypatch.setattr(extensions, "REST_BEFORE_PING_SECONDS", 0.0)
+    with service.db.pipelined_transaction() as connection:
+        assert backend_pid(connection) != first
