@@ -153,8 +153,10 @@ class OutboxRelay:
         settings: Settings,
         *,
         batch: int = 500,
+        pipelined: PipelinedTransaction | None = None,
     ) -> None:
         self._sessions = sessions
+        self._pipelined = pipelined
         self._publish = publish
         self._requeue_after = timedelta(seconds=settings.requeue_after_seconds)
         self._poll = settings.relay_poll_seconds
@@ -164,21 +166,19 @@ class OutboxRelay:
 
     def relay_once(self) -> int:
         """Hand off up to one batch of received events; returns how many."""
-        with self._sessions.begin() as session:
-            if store.on_postgresql(session):
+        if self._pipelined is not None:  # PostgreSQL
+            with self._pipelined() as connection:
                 now = utcnow()
                 ids = pgsql.take_received(
-                    _driver_connection(session),
-                    limit=self._batch,
-                    now=now,
-                    due_at=now + self._requeue_after,
+                    connection, limit=self._batch, now=now, due_at=now + self._requeue_after
                 )
-            else:
-                ids = store.take_received(
-                    session, limit=self._batch, requeue_after=self._requeue_after
-                )
+                if ids:
+                    self._publish(ids)  # raising rolls the mark back
+            return len(ids)
+        with self._sessions.begin() as session:
+            ids = store.take_received(session, limit=self._batch, requeue_after=self._requeue_after)
             if ids:
-                self._publish(ids)  # raising rolls the mark back
+                self._publish(ids)
         return len(ids)
 
     def serve(self, wakeup_fd: int | None, parent_pid: int | None = None) -> None:

@@ -13,13 +13,12 @@ import logging
 import os
 import signal
 import sys
+from functools import partial
 from types import FrameType
-
-from sqlalchemy.orm import sessionmaker
 
 from webhooks_app import create_app
 from webhooks_app.dispatch import OutboxRelay
-from webhooks_app.extensions import make_engine
+from webhooks_app.extensions import make_engine, pipelined_transaction
 from webhooks_app.service import Service
 
 log = logging.getLogger(__name__)
@@ -33,13 +32,26 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("WEBHOOKS_RELAY_WAKEUP_FD", None)  # that is the web workers' end
     app = create_app()
     service: Service = app.extensions["webhooks"]
-    # Its own connection, without the pool's pre-ping round trip on every cycle: a cycle that
-    # meets a dead connection fails, and the next one gets a fresh connection. Its one statement
-    # is best served by a generic plan (see extensions._plan_each_execution).
-    engine = make_engine(service.settings, pool_size=1, pre_ping=False, custom_plans=False)
-    relay = OutboxRelay(
-        sessionmaker(engine, expire_on_commit=False), service.publish, service.settings
-    )
+    relay = OutboxRelay(service.db.sessions, service.publish, service.settings)
+    engine = None
+    if not service.settings.is_sqlite:
+        # Its own connection, in pipelined transactions, without a pre-ping round trip on
+        # every cycle: a cycle that meets a dead connection fails, and the next one gets a
+        # fresh connection. Its one statement is best served by a generic plan (see
+        # extensions._plan_each_execution).
+        engine = make_engine(
+            service.settings,
+            pool_size=1,
+            isolation_level="AUTOCOMMIT",
+            pre_ping=False,
+            custom_plans=False,
+        )
+        relay = OutboxRelay(
+            service.db.sessions,
+            service.publish,
+            service.settings,
+            pipelined=partial(pipelined_transaction, engine),
+        )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         relay.stopping.set()
@@ -49,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("outbox relay started")
     with app.app_context():
         relay.serve(wakeup_fd, parent_pid=os.getppid())
-    engine.dispose()
+    if engine is not None:
+        engine.dispose()
     service.db.dispose()
     return 0
 

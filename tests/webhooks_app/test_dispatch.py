@@ -317,14 +317,25 @@ def store_received(service: Service, *msg_ids: str) -> None:
         assert intake.receive({k.lower(): v for k, v in headers.items()}, body).created
 
 
+def outbox_relay(
+    service: Service, publish: dispatch.Publish, batch: int = 500
+) -> dispatch.OutboxRelay:
+    """An outbox relay as ``webhooks_app.outbox`` makes one on PostgreSQL."""
+    return dispatch.OutboxRelay(
+        service.db.sessions,
+        publish,
+        service.settings,
+        batch=batch,
+        pipelined=service.db.pipelined_transaction,
+    )
+
+
 def test_the_outbox_relay_publishes_received_events_in_batches_and_marks_them_queued(
     service: Service,
 ) -> None:
     store_received(service, "msg_o1", "msg_o2", "msg_o3")
     published: list[list[str]] = []
-    relay = dispatch.OutboxRelay(
-        service.db.sessions, lambda ids: published.append(list(ids)), service.settings, batch=2
-    )
+    relay = outbox_relay(service, lambda ids: published.append(list(ids)), batch=2)
     assert relay.relay_once() == 2
     assert relay.relay_once() == 1
     assert relay.relay_once() == 0
@@ -344,7 +355,7 @@ def test_a_failed_publish_leaves_events_received_and_the_next_cycle_hands_them_o
             raise ConnectionError("broker unreachable")
         published.extend(ids)
 
-    relay = dispatch.OutboxRelay(service.db.sessions, publish, service.settings)
+    relay = outbox_relay(service, publish)
     with pytest.raises(ConnectionError):
         relay.relay_once()
     assert event_status(service, "msg_down") == "received"
@@ -358,16 +369,14 @@ def test_two_relays_never_publish_the_same_event(service: Service) -> None:
     store_received(service, "msg_r1", "msg_r2")
     seen: list[str] = []
     inner_counts: list[int] = []
-    second = dispatch.OutboxRelay(service.db.sessions, seen.extend, service.settings)
+    second = outbox_relay(service, seen.extend)
 
     def publish_while_the_other_relay_runs(ids: Any) -> None:
         # The first relay still holds its rows: the second skips them.
         inner_counts.append(second.relay_once())
         seen.extend(ids)
 
-    first = dispatch.OutboxRelay(
-        service.db.sessions, publish_while_the_other_relay_runs, service.settings, batch=1
-    )
+    first = outbox_relay(service, publish_while_the_other_relay_runs, batch=1)
     assert first.relay_once() == 1
     assert inner_counts == [1]
     assert sorted(seen) == ["msg_r1", "msg_r2"]
