@@ -418,17 +418,19 @@ class Dispatcher:
                         new.append((event_id, handler.name, max_attempts))
                     elif state.status == HandlerStatus.PENDING.value:
                         pending.append((event_id, handler.name))
-            claimed = pgsql.claim(connection, new, pending, now=now, lease_until=lease_until)
-            if len(claimed) == len(new) + len(pending):
-                for c in claimed:
-                    states[(c.event_id, c.handler)] = pgsql.State(
-                        c.event_id, c.handler, HandlerStatus.RUNNING.value, lease_until, None
-                    )
-            else:  # a claim was missed: no guessing, read what is there now
-                states = {(s.event_id, s.handler): s for s in pgsql.read_states(connection, ids)}
+            sent = pgsql.claim(connection, new, pending, now=now, lease_until=lease_until)
+            # Every claimer locks the events first: under these locks the claims cannot miss,
+            # so the statuses they lead to are known now, and go with them and the COMMIT in
+            # one round trip. Should one miss all the same, its event takes the one-event path,
+            # which writes its status again.
+            for event_id, name in [(n[0], n[1]) for n in new] + list(pending):
+                states[(event_id, name)] = pgsql.State(
+                    event_id, name, HandlerStatus.RUNNING.value, lease_until, None
+                )
             self._write_batch_statuses(
                 connection, [(e.id, e.type) for e in locked], list(states.values()), now
             )
+        claimed = sent.claimed()
 
         events = {
             e.id: Event(

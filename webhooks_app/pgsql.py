@@ -12,7 +12,8 @@ work, and under load a wait for a busy core besides. So a claim starts its attem
 statement, a success records its attempt in the same statement, and the dispatcher runs its
 transactions in psycopg's pipeline mode (``Database.pipelined_transaction``): a statement is
 sent when it is made, and the worker waits only where it reads rows. BEGIN goes with the first
-read, a write nobody reads (``set_statuses``) with the COMMIT: a message takes 5 round trips.
+read, the claims, and a write nobody reads (``set_statuses``), with the COMMIT: a message takes
+4 round trips.
 Every function here works the same outside pipeline mode, one round trip per statement.
 
 The statements keep the rules of the portable code in ``store`` and the one-event path: events
@@ -230,9 +231,16 @@ def lock_and_load(connection: Any, ids: Sequence[str]) -> tuple[list[LockedEvent
     )
 
 
-def read_states(connection: Any, ids: Sequence[str]) -> list[State]:
-    """The handler states of these events; lock them first."""
-    return [State(*row) for row in _send(connection, _READ_STATES, {"ids": list(ids)}).fetchall()]
+class SentClaims:
+    """Claims sent to the server; ``claimed()`` reads what they claimed. In pipeline mode,
+    read them after the transaction: the statements that follow (the statuses, the COMMIT)
+    then go with them, in the same round trip."""
+
+    def __init__(self, cursors: Sequence[psycopg.Cursor[Row]]) -> None:
+        self._cursors = cursors
+
+    def claimed(self) -> list[Claimed]:
+        return [Claimed(*row) for cursor in self._cursors for row in cursor.fetchall()]
 
 
 def claim(
@@ -242,7 +250,7 @@ def claim(
     *,
     now: datetime,
     lease_until: datetime,
-) -> list[Claimed]:
+) -> SentClaims:
     """Claim handlers: ``new`` (event id, handler, max attempts) have no state row yet and are
     created running; ``pending`` ones have a row and are taken if it is still ``pending``.
     A pair another worker holds is simply not returned."""
@@ -264,7 +272,7 @@ def claim(
                 {**times, **_columns(("event_ids", "handlers"), pending)},
             )
         )
-    return [Claimed(*row) for cursor in sent for row in cursor.fetchall()]
+    return SentClaims(sent)
 
 
 def lock_and_record_successes(
