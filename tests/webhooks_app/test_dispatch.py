@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from webhooks_app import dispatch, store
+from webhooks_app import dispatch, pgsql, store
 from webhooks_app.service import Service
 from webhooks_app.store import AttemptRow, EventRow, HandlerStateRow, utcnow
 
@@ -527,6 +527,32 @@ def test_a_batch_leaves_a_handler_held_elsewhere_alone(
     assert 2 < wait.delay <= 4  # come back after the other worker's lease
     assert outcomes["msg_free"].ran == ["tests.support.handlers.record"]
     assert [r["event"] for r in runs()] == ["msg_free"]
+
+
+def test_a_claim_missed_in_a_batch_is_settled_by_the_one_event_path(
+    post_event: PostEvent, service: Service, runs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under the events' locks a claim cannot miss, so a batch writes the statuses its claims
+    # lead to before they return. Should one miss all the same, its event must still run.
+    post_event(msg_id="msg_missed")
+    post_event(msg_id="msg_made")
+    send_claims = pgsql.claim
+
+    def all_but_one(connection: Any, new: Any, pending: Any, **times: Any) -> pgsql.SentClaims:
+        return send_claims(connection, [n for n in new if n[0] != "msg_missed"], pending, **times)
+
+    monkeypatch.setattr(pgsql, "claim", all_but_one)
+    outcomes = service.dispatcher.process_events(["msg_missed", "msg_made"])
+    assert {k: v.ran for k, v in outcomes.items()} == {
+        "msg_missed": ["tests.support.handlers.record"],
+        "msg_made": ["tests.support.handlers.record"],
+    }
+    assert sorted(r["event"] for r in runs()) == ["msg_made", "msg_missed"]
+    assert attempts(service, "msg_missed") == [("record", 1, "succeeded")]
+    assert [event_status(service, i) for i in ("msg_missed", "msg_made")] == [
+        "succeeded",
+        "succeeded",
+    ]
 
 
 def test_a_batch_skips_deleted_events(post_event: PostEvent, service: Service, runs: Any) -> None:
