@@ -423,7 +423,7 @@ class Dispatcher:
             # so the statuses they lead to are known now, and go with them and the COMMIT in
             # one round trip. Should one miss all the same, its event takes the one-event path,
             # which writes its status again.
-            for event_id, name in [(n[0], n[1]) for n in new] + list(pending):
+            for event_id, name in [(e, h) for e, h, _ in new] + list(pending):
                 states[(event_id, name)] = pgsql.State(
                     event_id, name, HandlerStatus.RUNNING.value, lease_until, None
                 )
@@ -822,11 +822,6 @@ class Dispatcher:
 
 def _no_pipelined_transaction() -> AbstractContextManager[Any]:
     raise RuntimeError("the batch path needs PostgreSQL and Database.pipelined_transaction")
-
-
-def _driver_connection(session: Session) -> Any:
-    """The driver's connection (psycopg) of the session's transaction, for ``pgsql``."""
-    return session.connection().connection.driver_connection
 
 
 class DispatchObserver:

@@ -32,26 +32,27 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("WEBHOOKS_RELAY_WAKEUP_FD", None)  # that is the web workers' end
     app = create_app()
     service: Service = app.extensions["webhooks"]
-    relay = OutboxRelay(service.db.sessions, service.publish, service.settings)
-    engine = None
-    if not service.settings.is_sqlite:
-        # Its own connection, in pipelined transactions, without a pre-ping round trip on
-        # every cycle: a cycle that meets a dead connection fails, and the next one gets a
-        # fresh connection. Its one statement is best served by a generic plan (see
-        # extensions._plan_each_execution).
-        engine = make_engine(
+    # On PostgreSQL, its own connection, in pipelined transactions, without a pre-ping round
+    # trip on every cycle: a cycle that meets a dead connection fails, and the next one gets a
+    # fresh connection. Its one statement is best served by a generic plan (see
+    # extensions._plan_each_execution).
+    engine = (
+        None
+        if service.settings.is_sqlite
+        else make_engine(
             service.settings,
             pool_size=1,
             isolation_level="AUTOCOMMIT",
             pre_ping=False,
             custom_plans=False,
         )
-        relay = OutboxRelay(
-            service.db.sessions,
-            service.publish,
-            service.settings,
-            pipelined=partial(pipelined_transaction, engine),
-        )
+    )
+    relay = OutboxRelay(
+        service.db.sessions,
+        service.publish,
+        service.settings,
+        pipelined=None if engine is None else partial(pipelined_transaction, engine),
+    )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         relay.stopping.set()

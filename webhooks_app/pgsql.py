@@ -11,10 +11,10 @@ costs the worker and the server about 0.1 ms of CPU apiece, more than most state
 work, and under load a wait for a busy core besides. So a claim starts its attempt in the same
 statement, a success records its attempt in the same statement, and the dispatcher runs its
 transactions in psycopg's pipeline mode (``Database.pipelined_transaction``): a statement is
-sent when it is made, and the worker waits only where it reads rows. BEGIN goes with the first
-read, the claims, and a write nobody reads (``set_statuses``), with the COMMIT: a message takes
-4 round trips.
-Every function here works the same outside pipeline mode, one round trip per statement.
+sent when it is made, and the worker waits only where it reads rows. BEGIN goes out with the
+first read; the claims and a write nobody reads (``set_statuses``) go with the COMMIT: a
+message takes 4 round trips. Every function here works the same outside pipeline mode, one
+round trip per statement.
 
 The statements keep the rules of the portable code in ``store`` and the one-event path: events
 are locked first, in id order (``store.lock_events``); a claim is a conditional write that only
@@ -279,9 +279,9 @@ def lock_and_record_successes(
     connection: Any, done: Sequence[Claimed], *, now: datetime, abandoned_error: str
 ) -> tuple[list[LockedEvent], set[tuple[str, str]], list[State]]:
     """Record these successful attempts: lock their events, record the attempts, and read the
-    events' handler states after it. Returns the locked events, the
-    (event, handler) pairs still ours, and the states. An attempt whose claim was taken over is
-    recorded ``abandoned`` with ``abandoned_error``."""
+    events' handler states after it. Returns the locked events, the (event, handler) pairs
+    still ours, and the states. An attempt whose claim was taken over is recorded
+    ``abandoned`` with ``abandoned_error``."""
     event_ids = sorted({c.event_id for c in done})
     locked = _send(connection, _LOCK_EVENTS, {"ids": event_ids})
     ours = _send(
