@@ -9,6 +9,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from tests.support.events import event_status
 from webhooks_app import replay
 from webhooks_app.config import Settings
 from webhooks_app.service import Service
@@ -44,13 +45,6 @@ def state(service: Service, event_id: str, handler: str) -> HandlerStateRow:
         row = session.get(HandlerStateRow, (event_id, handler))
         assert row is not None
         return row
-
-
-def event_status(service: Service, event_id: str) -> str:
-    with service.db.transaction() as session:
-        row = session.get(EventRow, event_id)
-        assert row is not None
-        return row.status
 
 
 def make_dead(service: Service, post_event: PostEvent, event_id: str) -> None:

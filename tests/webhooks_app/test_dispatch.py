@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from tests.support.events import event_status
 from webhooks_app import dispatch, pgsql, store
 from webhooks_app.service import Service
 from webhooks_app.store import AttemptRow, EventRow, HandlerStateRow, utcnow
@@ -36,13 +37,6 @@ def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[d
         return [json.loads(line) for line in log.read_text().splitlines()]
 
     return read
-
-
-def event_status(service: Service, event_id: str) -> str:
-    with service.db.transaction() as session:
-        row = session.get(EventRow, event_id)
-        assert row is not None
-        return row.status
 
 
 def attempts(service: Service, event_id: str) -> list[tuple[str, int, str]]:

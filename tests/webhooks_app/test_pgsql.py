@@ -14,6 +14,7 @@ from flask import Flask
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, text
 
+from tests.support.events import event_status
 from tests.support.signing import delivery
 from webhooks_app import extensions, pgsql
 from webhooks_app.service import Service
@@ -119,11 +120,6 @@ def backend_pid(connection: psycopg.Connection[Any]) -> int:
     pid = connection.execute("SELECT pg_backend_pid()").fetchone()
     assert pid is not None
     return int(pid[0])
-
-
-def event_status(service: Service, event_id: str) -> str | None:
-    with service.db.transaction() as session:
-        return session.scalar(select(EventRow.status).where(EventRow.id == event_id))
 
 
 def test_a_pipelined_transaction_runs_its_statements_in_order_and_commits(
