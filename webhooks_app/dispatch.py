@@ -25,7 +25,7 @@ import select as select_module
 import threading
 import time
 import traceback
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -40,7 +40,7 @@ from webhooks_app import pgsql, store
 from webhooks_app.config import Settings
 from webhooks_app.events import Event
 from webhooks_app.logs import log_context, log_event
-from webhooks_app.registry import Handler, Registry
+from webhooks_app.registry import WILDCARD, Handler, Registry
 from webhooks_app.store import (
     TERMINAL_STATUSES,
     AttemptStatus,
@@ -397,47 +397,45 @@ class Dispatcher:
     def _claim_batch(
         self, ids: Sequence[str]
     ) -> tuple[set[str], list[tuple[Event, _Claim]], list[str]]:
-        """Claim every pending handler of these events in one transaction.
+        """Claim every pending handler of these events in one transaction, one round trip.
 
         Returns the ids of the events that exist, the claims (in the order of ``ids``), and
-        the events with a registered handler that was not pending, for the one-event path.
+        the events with a registered handler that was not claimed, for the one-event path.
         """
         now = utcnow()
         lease_until = now + self._lease
+        registered = self._registry.all()
         with self._pipelined() as connection:
-            locked, read = pgsql.lock_and_load(connection, ids)
-            states = {(s.event_id, s.handler): s for s in read}
-            handlers = {e.id: self._registry.for_type(e.type) for e in locked}
-            new: list[tuple[str, str, int]] = []
-            pending: list[tuple[str, str]] = []
-            for event_id, registered in handlers.items():
-                for handler in registered:
-                    state = states.get((event_id, handler.name))
-                    if state is None:
-                        max_attempts = handler.max_attempts or self._settings.default_max_attempts
-                        new.append((event_id, handler.name, max_attempts))
-                    elif state.status == HandlerStatus.PENDING.value:
-                        pending.append((event_id, handler.name))
-            sent = pgsql.claim(connection, new, pending, now=now, lease_until=lease_until)
-            # Every claimer locks the events first: under these locks the claims cannot miss,
-            # so the statuses they lead to are known now, and go with them and the COMMIT in
-            # one round trip. Should one miss all the same, its event takes the one-event path,
-            # which writes its status again.
-            for event_id, name in [(e, h) for e, h, _ in new] + list(pending):
-                states[(event_id, name)] = pgsql.State(
-                    event_id, name, HandlerStatus.RUNNING.value, lease_until, None
-                )
-            self._write_batch_statuses(
-                connection, [(e.id, e.type) for e in locked], list(states.values()), now
+            loading = pgsql.lock_and_load(connection, ids)
+            claiming = pgsql.claim(
+                connection,
+                ids,
+                [
+                    pgsql.RegisteredHandler(
+                        h.event_type, h.name, h.max_attempts or self._settings.default_max_attempts
+                    )
+                    for h in registered
+                ],
+                now=now,
+                lease_until=lease_until,
+                due_at=lease_until + self._grace,
             )
-        claimed = sent.claimed()
+            handled_types = {h.event_type for h in registered}
+            skipping = (
+                None
+                if WILDCARD in handled_types
+                else pgsql.skip_unhandled(connection, ids, sorted(handled_types), now=now)
+            )
+        locked, claimed = loading.result(), claiming.result()
+        for _ in [] if skipping is None else skipping.result():
+            self.observer.event_finished(EventStatus.SKIPPED.value)
 
         events = {
             e.id: Event(
                 id=e.id,
                 type=e.type,
-                data=(e.payload or {}).get("data", {}),
-                payload=e.payload or {},
+                data=e.payload.get("data", {}),
+                payload=e.payload,
                 received_at=e.received_at,
             )
             for e in locked
@@ -446,9 +444,14 @@ class Dispatcher:
         claims: list[tuple[Event, _Claim]] = []
         unsettled: list[str] = []
         for event_id in ids:
-            for handler in handlers.get(event_id, []):
+            event = events.get(event_id)
+            if event is None:
+                continue
+            for handler in self._registry.for_type(event.type):
                 got = by_key.get((event_id, handler.name))
                 if got is None:
+                    # Held elsewhere, finished, or failed and waiting for its retry: the
+                    # one-event path decides, and writes the event's status.
                     if event_id not in unsettled:
                         unsettled.append(event_id)
                     continue
@@ -456,16 +459,21 @@ class Dispatcher:
                     handler, got.run, got.token, got.max_attempts, got.number, got.attempt_id
                 )
                 self.leases.hold(event_id, handler.name, claim.token)
-                claims.append((events[event_id], claim))
+                claims.append((event, claim))
         return set(events), claims, unsettled
 
     def _record_batch_successes(self, done: Sequence[tuple[Event, _Claim]]) -> None:
-        """Record the successful attempts of a batch in one transaction."""
+        """Record the successful attempts of a batch in one transaction, one round trip."""
         if not done:
             return
-        now = utcnow()
+        succeeded_here = Counter(event.id for event, _ in done)
+        whole = {
+            event.id: succeeded_here[event.id]
+            for event, _ in done
+            if succeeded_here[event.id] == len(self._registry.for_type(event.type))
+        }
         with self._pipelined() as connection:
-            locked, ours, states = pgsql.lock_and_record_successes(
+            recording = pgsql.record_successes(
                 connection,
                 [
                     pgsql.Claimed(
@@ -479,34 +487,16 @@ class Dispatcher:
                     )
                     for event, claim in done
                 ],
-                now=now,
+                whole,
+                now=utcnow(),
                 abandoned_error=_TAKEN_OVER,
             )
-            ours_events = {event_id for event_id, _ in ours}
-            changed = [(e.id, e.type) for e in locked if e.id in ours_events]
-            self._write_batch_statuses(connection, changed, states, now)
+        recorded = recording.result()
+        for _ in recorded.finished:
+            self.observer.event_finished(EventStatus.SUCCEEDED.value)
         for event, claim in done:
-            ok = (event.id, claim.handler.name) in ours
+            ok = (event.id, claim.handler.name) in recorded.ours
             self._recorded(event, claim, AttemptStatus.SUCCEEDED if ok else AttemptStatus.ABANDONED)
-
-    def _write_batch_statuses(
-        self,
-        connection: Any,
-        events: Sequence[tuple[str, str]],
-        states: Sequence[pgsql.State],
-        now: datetime,
-    ) -> None:
-        """Derive and write the statuses of these (id, type) events, whose rows are locked."""
-        rows: dict[str, list[pgsql.State]] = defaultdict(list)
-        for state in states:
-            rows[state.event_id].append(state)
-        statuses = []
-        for event_id, event_type in events:
-            status, due = self._derive_status(self._registered(event_type, rows[event_id]), now)
-            if status in TERMINAL_STATUSES:
-                self.observer.event_finished(status.value)
-            statuses.append((event_id, status.value, due))
-        pgsql.set_statuses(connection, statuses, now=now)
 
     def process_event(self, event_id: str, only_handler: str | None = None) -> Outcome:
         outcome = Outcome()

@@ -64,6 +64,7 @@ def test_metrics_count_deliveries_handlers_and_the_backlog(metrics_app: Flask) -
     assert post(msg_id="m_obs_1") == 200  # a duplicate
     assert post(msg_id="m_obs_3", secret="whsec_" + "A" * 32) == 401
     assert post("model.failed", {"id": "x", "fail_handler": "alert"}, msg_id="m_obs_4") == 200
+    assert post("embedding.created", {"id": "e"}, msg_id="m_obs_5") == 200  # no handler
     service.relay.flush()
     after = scrape(metrics_app)
 
@@ -76,9 +77,9 @@ def test_metrics_count_deliveries_handlers_and_the_backlog(metrics_app: Flask) -
     assert delta(received, type="model.failed", outcome="accepted") == 1
     assert delta(received, type="unknown", outcome="unauthorized") == 1
     assert delta("webhooks_signature_failures_total", reason="no_matching_signature") == 1
-    assert delta("webhooks_intake_seconds_count") == 5
+    assert delta("webhooks_intake_seconds_count") == 6
 
-    outcomes = service.dispatcher.process_events(["m_obs_1", "m_obs_2", "m_obs_4"])
+    outcomes = service.dispatcher.process_events(["m_obs_1", "m_obs_2", "m_obs_4", "m_obs_5"])
     assert sum(len(o.ran) for o in outcomes.values()) == 3
     after_run = scrape(metrics_app)
     record = "tests.support.handlers.record"
@@ -103,6 +104,11 @@ def test_metrics_count_deliveries_handlers_and_the_backlog(metrics_app: Flask) -
         value(after_run, "webhooks_events_finished_total", status="succeeded")
         - value(after, "webhooks_events_finished_total", status="succeeded")
         == 2
+    )
+    assert (
+        value(after_run, "webhooks_events_finished_total", status="skipped")
+        - value(after, "webhooks_events_finished_total", status="skipped")
+        == 1
     )
     # Read from the store at scrape time: nothing is waiting for the relay, nothing is dead.
     assert value(after_run, "webhooks_events_awaiting_handoff") == 0

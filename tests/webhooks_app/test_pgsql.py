@@ -127,18 +127,17 @@ def test_a_pipelined_transaction_runs_its_statements_in_order_and_commits(
 ) -> None:
     assert pgsql.insert_event(service.db.execute_autocommit, new_event("msg_together")) is True
     with service.db.pipelined_transaction() as connection:
-        locked, states = pgsql.lock_and_load(connection, ["msg_together", "msg_missing"])
+        locked = pgsql.lock_and_load(connection, ["msg_together", "msg_missing"]).result()
         assert [(e.id, e.payload) for e in locked] == [
             ("msg_together", {"event": "chat.completion", "data": {"id": "chat_1"}})
         ]
-        assert states == []
         # Each statement starts after the one before it ended, and sees what it wrote: the
         # property a read placed after a lock relies on.
         connection.execute("UPDATE events SET status = 'queued' WHERE id = 'msg_together'")
         read = connection.execute("SELECT status FROM events WHERE id = 'msg_together'")
         assert read.fetchall() == [("queued",)]
         # A write nobody reads goes with the COMMIT, and is committed.
-        pgsql.set_statuses(connection, [("msg_together", "succeeded", None)], now=utcnow())
+        connection.execute("UPDATE events SET status = 'succeeded' WHERE id = 'msg_together'")
     assert event_status(service, "msg_together") == "succeeded"
 
 
@@ -162,8 +161,8 @@ def test_a_failure_in_a_pipelined_transaction_raises_and_rolls_it_all_back(
     assert event_status(service, "msg_kept") == "received"  # the update was rolled back
     with service.db.pipelined_transaction() as connection:
         assert backend_pid(connection) == used[0]  # the same connection, usable again
-        locked, _ = pgsql.lock_and_load(connection, ["msg_kept"])
-    assert [e.id for e in locked] == ["msg_kept"]
+        loading = pgsql.lock_and_load(connection, ["msg_kept"])
+    assert [e.id for e in loading.result()] == ["msg_kept"]
 
 
 def test_a_connection_that_rested_is_pinged_and_replaced_if_dead(
