@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import orjson
@@ -52,13 +53,17 @@ class Database:
                 pool_size=settings.web_threads,
                 isolation_level="AUTOCOMMIT",
                 pre_ping=False,
-                custom_plans=False,
+                plans=Plans.SERVER_CHOOSES,
             )
             # The dispatcher's transactions (``pipelined_transaction``): autocommit, so that
             # BEGIN and COMMIT are statements sent with the rest; a connection is pinged only
             # when it comes back from a rest (``ping_after_rest``).
             self._pipelined = make_engine(
-                settings, pool_size=2, isolation_level="AUTOCOMMIT", pre_ping=False
+                settings,
+                pool_size=2,
+                isolation_level="AUTOCOMMIT",
+                pre_ping=False,
+                plans=Plans.ONCE_BY_INDEX,
             )
             ping_after_rest(self._pipelined)
 
@@ -233,13 +238,37 @@ def _json_serializer(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+class Plans(Enum):
+    """How PostgreSQL plans the prepared statements of an engine's connections.
+
+    psycopg prepares the hot paths' statements (``pgsql``) on the server, and any other
+    statement run five times on a connection. After five runs PostgreSQL may switch a prepared
+    statement to a generic plan, chosen with the statistics of the moment; made while a table
+    was still nearly empty (a new deployment), that plan is a sequential scan, and it stays
+    while the table grows (measured in the benchmark: a 20-id lookup went from 0.02 to 3 ms).
+    """
+
+    # Plan every execution for its parameters: the safe default for the varied statements of
+    # the sessions (admin, one-event path), tens of microseconds each.
+    EACH_EXECUTION = "SET plan_cache_mode = force_custom_plan"
+    # The dispatcher's batch statements only look rows up by key, through their indexes: one
+    # generic plan per connection, which cannot be a sequential scan whatever the statistics
+    # when it was made (``enable_seqscan = off`` only prices one out: a table without a usable
+    # index would still be scanned). Planning them each time cost more than running them: a
+    # message of 10 events took 4.5 ms instead of 2.8 on a 20,000-event table (README).
+    ONCE_BY_INDEX = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off"
+    # PostgreSQL's own choice: the intake's single-row INSERT has no plan to get wrong, and the
+    # relay's hand-off is best served by its generic plan (the ordered index, no sort).
+    SERVER_CHOOSES = ""
+
+
 def make_engine(
     settings: Settings,
     *,
     pool_size: int = 5,
     isolation_level: str | None = None,
     pre_ping: bool = True,
-    custom_plans: bool = True,
+    plans: Plans = Plans.EACH_EXECUTION,
 ) -> Engine:
     url = settings.database_url
     if url.startswith("sqlite"):
@@ -264,8 +293,13 @@ def make_engine(
         json_deserializer=orjson.loads,
         **options,
     )
-    if custom_plans:
-        event.listen(engine, "connect", _plan_each_execution)
+    if plans.value:
+
+        @event.listens_for(engine, "connect")
+        def _set_plan_settings(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.execute(plans.value)
+            dbapi_connection.commit()
+
     return engine
 
 
@@ -298,22 +332,6 @@ def ping_after_rest(engine: Engine) -> None:
             dbapi_connection.execute("SELECT 1")
         except psycopg.Error as exc:
             raise sa_exc.DisconnectionError(str(exc)) from exc
-
-
-def _plan_each_execution(dbapi_connection: Any, _record: Any) -> None:
-    """Plan prepared statements for their actual parameters, every time.
-
-    psycopg prepares the hot paths' statements (``pgsql``) on the server. After five runs
-    PostgreSQL may switch a prepared statement to a generic plan, chosen with the statistics of
-    the moment; made while a table was still nearly empty (a new deployment), that plan is a
-    sequential scan, and it stays until the next ANALYZE while the table grows (measured in the
-    benchmark: a 20-id lookup went from 0.02 to 3 ms). Planning each execution costs tens of
-    microseconds. The intake's single-row INSERT has no plan to get wrong, and the relay's
-    hand-off is better served by its generic plan (the ordered index, no sort): their engines
-    keep generic plans (``custom_plans=False``).
-    """
-    dbapi_connection.execute("SET plan_cache_mode = force_custom_plan")
-    dbapi_connection.commit()
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

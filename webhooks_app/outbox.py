@@ -18,7 +18,7 @@ from types import FrameType
 
 from webhooks_app import create_app
 from webhooks_app.dispatch import OutboxRelay
-from webhooks_app.extensions import make_engine, pipelined_transaction
+from webhooks_app.extensions import Plans, make_engine, pipelined_transaction
 from webhooks_app.service import Service
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     # On PostgreSQL, its own connection, in pipelined transactions, without a pre-ping round
     # trip on every cycle: a cycle that meets a dead connection fails, and the next one gets a
     # fresh connection. Its one statement is best served by a generic plan (see
-    # extensions._plan_each_execution).
+    # extensions.Plans).
     engine = (
         None
         if service.settings.is_sqlite
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             pool_size=1,
             isolation_level="AUTOCOMMIT",
             pre_ping=False,
-            custom_plans=False,
+            plans=Plans.SERVER_CHOOSES,
         )
     )
     relay = OutboxRelay(

@@ -4,6 +4,7 @@ worker's statements sent together."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from datetime import timedelta
 from typing import Any
@@ -175,3 +176,25 @@ def test_a_connection_that_rested_is_pinged_and_replaced_if_dead(
     monkeypatch.setattr(extensions, "REST_BEFORE_PING_SECONDS", 0.0)
     with service.db.pipelined_transaction() as connection:
         assert backend_pid(connection) != first
+
+
+def test_the_dispatchers_statements_are_planned_once_through_their_indexes(
+    service: Service,
+) -> None:
+    # A plan made while the table is nearly empty (a new deployment) must not be a sequential
+    # scan kept while the table grows: the dispatcher's connections plan each statement once,
+    # generically, with sequential scans priced out.
+    with service.db.pipelined_transaction() as connection:
+        connection.execute(
+            "PREPARE lock_probe(text[]) AS SELECT id FROM events WHERE id = ANY($1) FOR UPDATE"
+        )
+        plan = connection.execute("EXPLAIN (FORMAT JSON) EXECUTE lock_probe('{msg_a,msg_b}')")
+        [[explained]] = plan.fetchall()
+        connection.execute("DEALLOCATE lock_probe")
+    text_plan = json.dumps(explained)
+    assert "$1" in text_plan  # the generic plan, made for any parameter
+    assert "Seq Scan" not in text_plan
+    assert "pk_events" in text_plan
+    # The sessions (admin pages, the one-event path) plan each execution for its parameters.
+    with service.db.engine.connect() as session_connection:
+        assert session_connection.scalar(text("SHOW plan_cache_mode")) == "force_custom_plan"
