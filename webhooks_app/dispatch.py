@@ -427,7 +427,8 @@ class Dispatcher:
                 else pgsql.skip_unhandled(connection, ids, sorted(handled_types), now=now)
             )
         locked, claimed = loading.result(), claiming.result()
-        for _ in [] if skipping is None else skipping.result():
+        skipped = [] if skipping is None else skipping.result()
+        for _ in skipped:
             self.observer.event_finished(EventStatus.SKIPPED.value)
 
         events = {

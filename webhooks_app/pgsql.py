@@ -86,16 +86,15 @@ ORDER BY id
 FOR UPDATE
 """
 
-# The handlers the worker's registry has for each event's type (``"*"``: every type) are
-# claimed in one statement: created already running if the event has no row for the handler
-# (one write instead of two), taken if its row is ``pending`` (of two racing workers, the
-# UPDATE of one matches it). A handler in any other state is left alone, and its event takes
-# the one-event path. The two never meet: the UPDATE does not see the rows the INSERT makes.
-# It follows the lock as a statement of its own: a statement that waited for the lock would
-# still see the rows of before the wait.
-# Each claim starts its attempt, and each event with a claim is marked ``processing``, due for
-# the sweep when the lease has run out. Attempt numbers continue across runs (a replay starts
-# a new run).
+# The handlers the worker's registry has for each event's type (``"*"``: every type, as in
+# ``Registry.for_type``) are claimed in one statement: created already running if the event
+# has no row for the handler (one write instead of two), taken if its row is ``pending`` (of
+# two racing workers, the UPDATE of one matches it). A handler in any other state is left
+# alone, and its event takes the one-event path. The two never meet: the UPDATE does not see
+# the rows the INSERT makes. It follows the lock as a statement of its own: a statement that
+# waited for the lock would still see the rows of before the wait. Each claim starts its
+# attempt, and each event with a claim is marked ``processing``, due for the sweep when the
+# lease has run out. Attempt numbers continue across runs (a replay starts a new run).
 _CLAIM = """
 WITH wanted AS (
     SELECT e.id AS event_id, r.handler, r.max_attempts
