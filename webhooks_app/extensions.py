@@ -311,7 +311,7 @@ def ping_after_rest(engine: Engine) -> None:
     """Ping a pooled connection on checkout only if it has rested in the pool a while.
 
     SQLAlchemy's ``pool_pre_ping`` costs a round trip on every checkout: two per worker
-    message, which takes four besides. A connection in steady use is known to be alive; one
+    message, which takes two besides. A connection in steady use is known to be alive; one
     that rested (the server may have restarted, a proxy may have cut it) is pinged, and a dead
     one is replaced before anyone uses it (SQLAlchemy's documented ``DisconnectionError``
     pattern).

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.support.events import event_status
+from tests.support.processes import wait_until
 from webhooks_app import dispatch, pgsql, replay, store
 from webhooks_app.service import Service
 from webhooks_app.store import AttemptRow, EventRow, HandlerStateRow, utcnow
@@ -552,10 +553,11 @@ def test_a_claim_missed_in_a_batch_is_settled_by_the_one_event_path(
 def test_a_batch_marks_its_events_processing_while_their_handlers_run(
     post_event: PostEvent, service: Service, runs: Any
 ) -> None:
-    post_event(data={"id": "chat_slow", "sleep": 0.6}, msg_id="msg_busy")
+    post_event(data={"id": "chat_slow", "sleep": 1}, msg_id="msg_busy")
     worker = threading.Thread(target=service.dispatcher.process_events, args=(["msg_busy"],))
     worker.start()
-    time.sleep(0.3)
+    # The handler logs its run before it sleeps: from then on it is running, claimed.
+    wait_until(runs, 10, interval=0.02, what="the handler to start")
     with service.db.transaction() as session:
         event = session.get(EventRow, "msg_busy")
         state = session.get(HandlerStateRow, ("msg_busy", "tests.support.handlers.record"))
