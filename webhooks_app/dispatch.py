@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from webhooks_app import pgsql, store
 from webhooks_app.config import Settings
 from webhooks_app.events import Event
+from webhooks_app.libpq import Pipeline
 from webhooks_app.logs import log_context, log_event
 from webhooks_app.registry import WILDCARD, Handler, Registry
 from webhooks_app.store import (
@@ -52,9 +53,9 @@ from webhooks_app.store import (
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Sequence[str]], None]
-# A transaction on PostgreSQL, pipelined, yielding the driver's connection for ``pgsql``:
+# A transaction on PostgreSQL in libpq's pipeline mode, for ``pgsql``:
 # ``Database.pipelined_transaction``.
-PipelinedTransaction = Callable[[], AbstractContextManager[Any]]
+PipelinedTransaction = Callable[[], AbstractContextManager[Pipeline]]
 
 
 # --- hand-off -------------------------------------------------------------------------------
@@ -167,10 +168,10 @@ class OutboxRelay:
     def relay_once(self) -> int:
         """Hand off up to one batch of received events; returns how many."""
         if self._pipelined is not None:  # PostgreSQL
-            with self._pipelined() as connection:
+            with self._pipelined() as pipeline:
                 now = utcnow()
                 ids = pgsql.take_received(
-                    connection, limit=self._batch, now=now, due_at=now + self._requeue_after
+                    pipeline, limit=self._batch, now=now, due_at=now + self._requeue_after
                 )
                 if ids:
                     self._publish(ids)  # raising rolls the mark back
@@ -405,10 +406,10 @@ class Dispatcher:
         now = utcnow()
         lease_until = now + self._lease
         registered = self._registry.all()
-        with self._pipelined() as connection:
-            loading = pgsql.lock_and_load(connection, ids)
+        with self._pipelined() as pipeline:
+            loading = pgsql.lock_and_load(pipeline, ids)
             claiming = pgsql.claim(
-                connection,
+                pipeline,
                 ids,
                 [
                     pgsql.RegisteredHandler(
@@ -424,7 +425,7 @@ class Dispatcher:
             skipping = (
                 None
                 if WILDCARD in handled_types
-                else pgsql.skip_unhandled(connection, ids, sorted(handled_types), now=now)
+                else pgsql.skip_unhandled(pipeline, ids, sorted(handled_types), now=now)
             )
         locked, claimed = loading.result(), claiming.result()
         skipped = [] if skipping is None else skipping.result()
@@ -473,9 +474,9 @@ class Dispatcher:
             for event, _ in done
             if succeeded_here[event.id] == len(self._registry.for_type(event.type))
         }
-        with self._pipelined() as connection:
+        with self._pipelined() as pipeline:
             recording = pgsql.record_successes(
-                connection,
+                pipeline,
                 [
                     pgsql.Claimed(
                         event.id,

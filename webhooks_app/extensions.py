@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from webhooks_app.config import Settings
+from webhooks_app.libpq import Pipeline, Prepared, check, run_prepared
 
 PROCESS_EVENT_TASK = "workers.tasks.process_event"
 PROCESS_EVENTS_TASK = "workers.tasks.process_events"
@@ -104,7 +105,7 @@ class Database:
                     fairy = self._local.connection = engine.raw_connection()
                 # The statements prepared on this connection (kept with it in the pool).
                 prepared = fairy.info.setdefault("prepared_statements", set())
-                return _run_prepared(fairy.driver_connection, prepared, statement, params)
+                return run_prepared(fairy.driver_connection, prepared, statement, params)
             except dbapi_error as exc:
                 disconnected = fairy is None or fairy.dbapi_connection is None
                 if not disconnected:
@@ -143,7 +144,7 @@ class Database:
         with self.sessions.begin() as session:
             yield session
 
-    def pipelined_transaction(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+    def pipelined_transaction(self) -> AbstractContextManager[Pipeline]:
         """The dispatcher's transactions: see ``pipelined_transaction``. PostgreSQL only."""
         if self._pipelined is None:
             raise RuntimeError("pipelined transactions need PostgreSQL")
@@ -158,80 +159,55 @@ class Database:
 
 
 @contextmanager
-def pipelined_transaction(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
-    """A transaction on a pooled psycopg connection in pipeline mode; commits on success.
+def pipelined_transaction(engine: Engine) -> Iterator[Pipeline]:
+    """A transaction in libpq's pipeline mode on a pooled connection; commits on success.
 
     ``engine`` is in autocommit mode, so that BEGIN and COMMIT are statements like the others.
-    Statements go to the server as they are executed, and the caller waits only when it reads
-    rows: BEGIN travels with the first statement, and a write whose rows nobody reads travels
-    with the next read, or with the COMMIT. On a machine where every round trip costs both
-    sides about 0.1 ms of CPU, and a wait for a busy core besides, the dispatcher's message
-    takes 2 round trips instead of 11 (``pgsql``), the relay's cycle 2 instead of 3.
+    Statements are sent together, and the caller waits only when it reads rows: BEGIN travels
+    with the first statements, and writes whose rows nobody reads travel with the next read,
+    or with the COMMIT. On a machine where every round trip costs both sides about 0.1 ms of
+    CPU, and a wait for a busy core besides, the dispatcher's message takes 2 round trips
+    instead of 11 (``pgsql``), the relay's cycle 2 instead of 3.
 
     A failure anywhere raises (at the latest when the transaction ends) and rolls it all
     back; a connection found broken is dropped from the pool. Errors are psycopg's own.
     """
     fairy = engine.raw_connection()
     connection: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
+    pipeline: Pipeline | None = None
     try:
-        with connection.pipeline():
-            connection.execute("BEGIN")
-            yield connection
-            connection.execute("COMMIT")
+        connection.pgconn.enter_pipeline_mode()
+        pipeline = Pipeline(connection, fairy.info.setdefault("prepared_statements", set()))
+        pipeline.send("BEGIN")
+        yield pipeline
+        pipeline.send("COMMIT")
+        pipeline.finish()
+        connection.pgconn.exit_pipeline_mode()
     except BaseException as exc:
-        if connection.broken or connection.closed:
-            fairy.invalidate(exc)
-        elif connection.info.transaction_status != pq.TransactionStatus.IDLE:
-            try:
-                connection.rollback()
-            except psycopg.Error as rollback_error:
-                fairy.invalidate(rollback_error)
+        _roll_back(fairy, connection, pipeline, exc)
         raise
     finally:
         fairy.close()
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A statement for ``Database.execute_autocommit``: ``$1, $2, ...`` parameters, sent as
-    text except those whose (0-based) positions are in ``binary``."""
-
-    name: str
-    sql: str
-    binary: frozenset[int] = frozenset()
-
-
-def _run_prepared(
-    connection: psycopg.Connection[Any],
-    prepared: set[str],
-    statement: Prepared,
-    params: Sequence[bytes | None],
-) -> list[tuple[bytes | None, ...]]:
+def _roll_back(
+    fairy: Any, connection: psycopg.Connection[Any], pipeline: Pipeline | None, cause: BaseException
+) -> None:
+    """Leave the connection idle and out of pipeline mode, or drop it from the pool."""
     pgconn = connection.pgconn
-    if statement.name not in prepared:
-        _check(connection, pgconn.prepare(statement.name.encode(), statement.sql.encode()))
-        prepared.add(statement.name)
-    for position, value in enumerate(params):
-        # libpq reads a text parameter up to its first NUL; psycopg refuses those, so do we.
-        if value is not None and position not in statement.binary and b"\x00" in value:
-            raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
-    formats = [1 if i in statement.binary else 0 for i in range(len(params))]
-    # None is SQL NULL, as psycopg itself sends it (the stubs only say bytes).
-    values: Any = list(params)
-    result = pgconn.exec_prepared(statement.name.encode(), values, formats)
-    _check(connection, result)
-    return [
-        tuple(result.get_value(row, column) for column in range(result.nfields))
-        for row in range(result.ntuples)
-    ]
-
-
-def _check(connection: psycopg.Connection[Any], result: pq.abc.PGresult) -> None:
-    if result.status in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+    try:
+        if pgconn.pipeline_status != pq.PipelineStatus.OFF:
+            if pipeline is not None:
+                with contextlib.suppress(psycopg.DatabaseError):
+                    pipeline.finish()  # reads what is left; raises the statements' error
+            pgconn.exit_pipeline_mode()
+        if pgconn.transaction_status != pq.TransactionStatus.IDLE:
+            check(connection, pgconn.exec_(b"ROLLBACK"))
+    except (psycopg.Error, OSError) as exc:
+        fairy.invalidate(exc)
         return
-    if connection.pgconn.status == pq.ConnStatus.BAD:
-        raise psycopg.OperationalError(connection.pgconn.error_message.decode(errors="replace"))
-    raise psycopg.errors.error_from_result(result, encoding=connection.info.encoding)
+    if pgconn.status == pq.ConnStatus.BAD:
+        fairy.invalidate(cause)
 
 
 def _json_serializer(value: Any) -> str:

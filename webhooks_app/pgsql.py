@@ -4,18 +4,20 @@ The intake's insert, the outbox relay's hand-off and the dispatcher's batch path
 (``Dispatcher.process_events``: every pending handler of a message's events claimed in one
 transaction, the successes recorded in a second) run a few fixed statements per request, cycle
 or message, whatever the batch size: ids travel as arrays (``= ANY``, ``unnest``), so the text
-never changes and psycopg prepares each statement on the server once. Building, compiling and
-running a dozen SQLAlchemy statements per message cost several times the database's own work
-(``bench/``, README "Benchmark"). Round trips are counted too: on this kind of machine each
-costs the worker and the server about 0.1 ms of CPU apiece, more than most statements' own
-work, and under load a wait for a busy core besides. So the dispatcher's transactions run in
-psycopg's pipeline mode (``Database.pipelined_transaction``), and each is one round trip: its
-statements are sent together with BEGIN and COMMIT, and none needs the rows of another. The
+never changes and each statement is prepared on the server once. They go straight through
+libpq (``libpq``): their parameters encoded here, their values read back in PostgreSQL's binary
+format. Building, compiling and running a dozen SQLAlchemy statements per message cost several
+times the database's own work, and psycopg's own adaptation and cursors several times what
+sending them costs (``bench/``, README "Benchmark"). Round trips are counted too: on this kind
+of machine each costs the worker and the server about 0.1 ms of CPU apiece, more than most
+statements' own work, and under load a wait for a busy core besides. So the dispatcher's
+transactions run in libpq's pipeline mode (``Database.pipelined_transaction``), and each is one
+round trip: its statements are sent together with BEGIN and COMMIT, and none needs the rows of
+another. The
 claim finds the handlers to claim itself, from the worker's registry passed as arrays; it
 starts their attempts and marks their events ``processing`` in the same statement; a success
 records its attempt, and the event's ``succeeded`` when it was the last handler, in the same
-statement too. A message takes 2 round trips. Every function here works the same outside
-pipeline mode, one round trip per statement.
+statement too. A message takes 2 round trips.
 
 The statements keep the rules of the portable code in ``store`` and the one-event path: events
 are locked first, in id order (``store.lock_events``); a claim is a conditional write that only
@@ -24,28 +26,26 @@ statements leave undecided (a handler held elsewhere, finished, or waiting for a
 failure) the one-event path decides, and it writes the event's status. SQLite, one writer at a
 time, runs the portable code only.
 
-Each function but ``insert_event`` (autocommit) takes the psycopg connection of the caller's
+Each function but ``insert_event`` (autocommit) takes the ``libpq.Pipeline`` of the caller's
 transaction; the caller commits. Those that return ``Sent`` only send their statement: its rows
-are read with ``Sent.result()``, after the transaction in pipeline mode.
+are read with ``Sent.result()``, after the transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import orjson
-import psycopg
 
-from webhooks_app.extensions import Prepared
+from webhooks_app.libpq import Pending, Pipeline, Prepared, Values
 from webhooks_app.store import NewEvent
 
-Row = tuple[Any, ...]
 T = TypeVar("T")
 # Runs a prepared statement in autocommit mode; returns its rows (Database.execute_autocommit).
-Execute = Callable[[Prepared, Sequence[bytes | None]], list[tuple[bytes | None, ...]]]
+Execute = Callable[[Prepared, Sequence[bytes | None]], list[Values]]
 
 # Run in autocommit mode: the statement is its own transaction, durable (synchronous_commit
 # stays on) when it returns. The payload goes in as the verified body's own text, cast to JSONB
@@ -62,29 +62,38 @@ RETURNING id
     binary=frozenset({3}),
 )
 
-_TAKE_RECEIVED = """
-UPDATE events SET status = 'queued', updated_at = %(now)s, due_at = %(due_at)s
+_TAKE_RECEIVED = Prepared(
+    name="webhooks_take_received",
+    sql="""
+UPDATE events SET status = 'queued', updated_at = $2::timestamptz, due_at = $3::timestamptz
 WHERE id IN (
     SELECT id FROM events WHERE status = 'received'
-    ORDER BY received_at LIMIT %(limit)s
+    ORDER BY received_at LIMIT $1::int
     FOR UPDATE SKIP LOCKED
 )
 RETURNING id
-"""
+""",
+)
 
-_LOCK_EVENTS = """
+_LOCK_EVENTS = Prepared(
+    name="webhooks_lock_events",
+    sql="""
 SELECT id FROM events
-WHERE id = ANY(%(ids)s::text[])
+WHERE id = ANY($1::text[])
 ORDER BY id
 FOR UPDATE
-"""
+""",
+)
 
-_LOCK_AND_LOAD_EVENTS = """
+_LOCK_AND_LOAD_EVENTS = Prepared(
+    name="webhooks_lock_and_load_events",
+    sql="""
 SELECT id, type, received_at, payload::text FROM events
-WHERE id = ANY(%(ids)s::text[])
+WHERE id = ANY($1::text[])
 ORDER BY id
 FOR UPDATE
-"""
+""",
+)
 
 # The handlers the worker's registry has for each event's type (``"*"``: every type, as in
 # ``Registry.for_type``) are claimed in one statement: created already running if the event
@@ -95,25 +104,30 @@ FOR UPDATE
 # waited for the lock would still see the rows of before the wait. Each claim starts its
 # attempt, and each event with a claim is marked ``processing``, due for the sweep when the
 # lease has run out. Attempt numbers continue across runs (a replay starts a new run).
-_CLAIM = """
+# Parameters: $1 ids, $2 now, $3 lease_until, $4 due_at, $5-$7 the registry (types,
+# handlers, max attempts).
+_CLAIM = Prepared(
+    name="webhooks_claim",
+    sql="""
 WITH wanted AS (
     SELECT e.id AS event_id, r.handler, r.max_attempts
     FROM events e
-    JOIN unnest(%(types)s::text[], %(handlers)s::text[], %(max_attempts)s::int[])
+    JOIN unnest($5::text[], $6::text[], $7::int[])
         AS r(type, handler, max_attempts) ON r.type IN (e.type, '*')
-    WHERE e.id = ANY(%(ids)s::text[])
+    WHERE e.id = ANY($1::text[])
 ), created AS (
     INSERT INTO event_handlers
         (event_id, handler, status, attempts, max_attempts, run, lease_until, updated_at)
-    SELECT w.event_id, w.handler, 'running', 1, w.max_attempts, 1, %(lease_until)s, %(now)s
+    SELECT w.event_id, w.handler, 'running', 1, w.max_attempts, 1, $3::timestamptz,
+           $2::timestamptz
     FROM wanted w
     ORDER BY w.event_id, w.handler
     ON CONFLICT DO NOTHING
     RETURNING event_id, handler, attempts, run, max_attempts
 ), taken AS (
     UPDATE event_handlers s
-    SET status = 'running', attempts = s.attempts + 1, lease_until = %(lease_until)s,
-        next_attempt_at = NULL, updated_at = %(now)s
+    SET status = 'running', attempts = s.attempts + 1, lease_until = $3::timestamptz,
+        next_attempt_at = NULL, updated_at = $2::timestamptz
     FROM wanted w
     WHERE s.event_id = w.event_id AND s.handler = w.handler AND s.status = 'pending'
     RETURNING s.event_id, s.handler, s.attempts, s.run, s.max_attempts
@@ -121,38 +135,47 @@ WITH wanted AS (
     SELECT * FROM created UNION ALL SELECT * FROM taken
 ), marked AS (
     UPDATE events e
-    SET status = 'processing', due_at = %(due_at)s, updated_at = %(now)s
+    SET status = 'processing', due_at = $4::timestamptz, updated_at = $2::timestamptz
     WHERE e.id IN (SELECT event_id FROM claimed)
 ), started AS (
     INSERT INTO handler_attempts (event_id, handler, number, run, status, started_at)
     SELECT c.event_id, c.handler,
            COALESCE((SELECT max(a.number) FROM handler_attempts a
                      WHERE a.event_id = c.event_id AND a.handler = c.handler), 0) + 1,
-           c.run, 'running', %(now)s
+           c.run, 'running', $2::timestamptz
     FROM claimed c
     RETURNING id, event_id, handler, number
 )
 SELECT c.event_id, c.handler, c.attempts, c.run, c.max_attempts, s.id, s.number
 FROM claimed c JOIN started s ON s.event_id = c.event_id AND s.handler = c.handler
-"""
+""",
+)
 
 # An event of a type no handler is registered for is finished: ``skipped``.
-_SKIP_UNHANDLED = """
-UPDATE events SET status = 'skipped', due_at = NULL, updated_at = %(now)s
-WHERE id = ANY(%(ids)s::text[]) AND type <> ALL(%(types)s::text[]) AND status <> 'skipped'
+_SKIP_UNHANDLED = Prepared(
+    name="webhooks_skip_unhandled",
+    sql="""
+UPDATE events SET status = 'skipped', due_at = NULL, updated_at = $3::timestamptz
+WHERE id = ANY($1::text[]) AND type <> ALL($2::text[]) AND status <> 'skipped'
 RETURNING id
-"""
+""",
+)
 
 # Guarded by the claim tokens: a claim whose lease ran out and was taken over matches nothing,
 # and its attempt is recorded abandoned; in the same statement. An event all of whose
 # registered handlers (``whole_ids``, with how many) succeeded here, all still ours, is
 # ``succeeded``; any other event's status is written by whoever settles its other handlers
 # (a failure's record, the one-event path, the worker that took a claim over).
-_FINISH_SUCCEEDED = """
+# Parameters: $1 now, $2 the abandoned attempts' error, $3-$7 the successes (event ids,
+# handlers, runs, tokens, attempt ids), $8-$9 whole_ids and their counts.
+_FINISH_SUCCEEDED = Prepared(
+    name="webhooks_finish_succeeded",
+    sql="""
 WITH ours AS (
     UPDATE event_handlers s
-    SET status = 'succeeded', lease_until = NULL, next_attempt_at = NULL, updated_at = %(now)s
-    FROM unnest(%(event_ids)s::text[], %(handlers)s::text[], %(runs)s::int[], %(tokens)s::int[])
+    SET status = 'succeeded', lease_until = NULL, next_attempt_at = NULL,
+        updated_at = $1::timestamptz
+    FROM unnest($3::text[], $4::text[], $5::int[], $6::int[])
         AS b(event_id, handler, run, token)
     WHERE s.event_id = b.event_id AND s.handler = b.handler AND s.run = b.run
       AND s.attempts = b.token AND s.status = 'running'
@@ -160,19 +183,18 @@ WITH ours AS (
 ), recorded AS (
     UPDATE handler_attempts a
     SET status = CASE WHEN o.event_id IS NULL THEN 'abandoned' ELSE 'succeeded' END,
-        error = CASE WHEN o.event_id IS NULL THEN %(abandoned_error)s END,
-        finished_at = %(now)s
-    FROM unnest(%(attempt_ids)s::bigint[], %(event_ids)s::text[], %(handlers)s::text[])
-        AS d(id, event_id, handler)
+        error = CASE WHEN o.event_id IS NULL THEN $2::text END,
+        finished_at = $1::timestamptz
+    FROM unnest($7::bigint[], $3::text[], $4::text[]) AS d(id, event_id, handler)
     LEFT JOIN ours o ON o.event_id = d.event_id AND o.handler = d.handler
     WHERE a.id = d.id
 ), finished AS (
     UPDATE events e
-    SET status = 'succeeded', due_at = NULL, updated_at = %(now)s
+    SET status = 'succeeded', due_at = NULL, updated_at = $1::timestamptz
     FROM (
         SELECT o.event_id
         FROM ours o
-        JOIN unnest(%(whole_ids)s::text[], %(whole_counts)s::int[]) AS w(event_id, handlers)
+        JOIN unnest($8::text[], $9::int[]) AS w(event_id, handlers)
             ON w.event_id = o.event_id
         GROUP BY o.event_id, w.handlers
         HAVING count(*) = w.handlers
@@ -182,7 +204,8 @@ WITH ours AS (
 )
 SELECT o.event_id, o.handler, f.id IS NOT NULL
 FROM ours o LEFT JOIN finished f ON f.id = o.event_id
-"""
+""",
+)
 
 
 def insert_event(execute: Execute, event: NewEvent) -> bool:
@@ -241,35 +264,40 @@ class Successes:
 
 
 class Sent(Generic[T]):
-    """A statement sent to the server; ``result()`` reads what it returned. In pipeline mode,
-    read it after the transaction: the statements that follow it, and the COMMIT, then go in
-    the same round trip."""
+    """A statement sent to the server; ``result()`` reads what it returned. Read it after the
+    transaction: the statements that follow it, and the COMMIT, then go in the same round
+    trip."""
 
-    def __init__(self, cursor: psycopg.Cursor[Row], read: Callable[[list[Row]], T]) -> None:
-        self._cursor = cursor
+    def __init__(self, pending: Pending, read: Callable[[list[Values]], T]) -> None:
+        self._pending = pending
         self._read = read
 
     def result(self) -> T:
-        return self._read(self._cursor.fetchall())
+        return self._read(self._pending.rows())
 
 
-def take_received(connection: Any, *, limit: int, now: datetime, due_at: datetime) -> list[str]:
+def take_received(pipeline: Pipeline, *, limit: int, now: datetime, due_at: datetime) -> list[str]:
     """``store.take_received``: mark up to ``limit`` received events queued, return their ids."""
-    rows = _send(connection, _TAKE_RECEIVED, {"limit": limit, "now": now, "due_at": due_at})
-    return [event_id for (event_id,) in rows.fetchall()]
+    pending = pipeline.send(
+        _TAKE_RECEIVED, [str(limit).encode(), _timestamp(now), _timestamp(due_at)]
+    )
+    return [_text(event_id) for (event_id,) in pending.rows()]
 
 
-def lock_and_load(connection: Any, ids: Sequence[str]) -> Sent[list[LockedEvent]]:
+def lock_and_load(pipeline: Pipeline, ids: Sequence[str]) -> Sent[list[LockedEvent]]:
     """Lock the events that exist among ``ids``, in id order (see ``store.lock_events``), and
     load them."""
     return Sent(
-        _send(connection, _LOCK_AND_LOAD_EVENTS, {"ids": sorted(ids)}),
-        lambda rows: [LockedEvent(i, t, at, orjson.loads(p)) for i, t, at, p in rows],
+        pipeline.send(_LOCK_AND_LOAD_EVENTS, [_text_array(sorted(ids))]),
+        lambda rows: [
+            LockedEvent(_text(i), _text(t), _timestamptz(at), orjson.loads(_value(p)))
+            for i, t, at, p in rows
+        ],
     )
 
 
 def claim(
-    connection: Any,
+    pipeline: Pipeline,
     ids: Sequence[str],
     registered: Sequence[RegisteredHandler],
     *,
@@ -282,41 +310,48 @@ def claim(
     ``due_at``), and start an attempt of each. A pair another worker holds, or one already
     finished, is simply not returned."""
     return Sent(
-        _send(
-            connection,
+        pipeline.send(
             _CLAIM,
-            {
-                "ids": list(ids),
-                "now": now,
-                "lease_until": lease_until,
-                "due_at": due_at,
-                **_columns(
-                    ("types", "handlers", "max_attempts"),
-                    [(h.event_type, h.name, h.max_attempts) for h in registered],
-                ),
-            },
+            [
+                _text_array(ids),
+                _timestamp(now),
+                _timestamp(lease_until),
+                _timestamp(due_at),
+                _text_array(h.event_type for h in registered),
+                _text_array(h.name for h in registered),
+                _int_array(h.max_attempts for h in registered),
+            ],
         ),
-        lambda rows: [Claimed(*row) for row in rows],
+        lambda rows: [
+            Claimed(
+                _text(event_id),
+                _text(handler),
+                _int(token),
+                _int(run),
+                _int(max_attempts),
+                _int(attempt_id),
+                _int(number),
+            )
+            for event_id, handler, token, run, max_attempts, attempt_id, number in rows
+        ],
     )
 
 
 def skip_unhandled(
-    connection: Any, ids: Sequence[str], handled_types: Sequence[str], *, now: datetime
+    pipeline: Pipeline, ids: Sequence[str], handled_types: Sequence[str], *, now: datetime
 ) -> Sent[list[str]]:
     """Mark ``skipped`` those of these (locked) events whose type is not among
     ``handled_types``; returns their ids (not those skipped before)."""
     return Sent(
-        _send(
-            connection,
-            _SKIP_UNHANDLED,
-            {"ids": list(ids), "types": list(handled_types), "now": now},
+        pipeline.send(
+            _SKIP_UNHANDLED, [_text_array(ids), _text_array(handled_types), _timestamp(now)]
         ),
-        lambda rows: [event_id for (event_id,) in rows],
+        lambda rows: [_text(event_id) for (event_id,) in rows],
     )
 
 
 def record_successes(
-    connection: Any,
+    pipeline: Pipeline,
     done: Sequence[Claimed],
     whole: Mapping[str, int],
     *,
@@ -327,35 +362,69 @@ def record_successes(
     ``whole`` maps the events all of whose registered handlers are among ``done`` to how many
     they are: those whose claims were all still ours are marked ``succeeded``. An attempt whose
     claim was taken over is recorded ``abandoned`` with ``abandoned_error``."""
-    _send(connection, _LOCK_EVENTS, {"ids": sorted({c.event_id for c in done})})
+    pipeline.send(_LOCK_EVENTS, [_text_array(sorted({c.event_id for c in done}))])
     return Sent(
-        _send(
-            connection,
+        pipeline.send(
             _FINISH_SUCCEEDED,
-            {
-                "now": now,
-                "abandoned_error": abandoned_error,
-                **_columns(
-                    ("event_ids", "handlers", "runs", "tokens", "attempt_ids"),
-                    [(c.event_id, c.handler, c.run, c.token, c.attempt_id) for c in done],
-                ),
-                **_columns(("whole_ids", "whole_counts"), list(whole.items())),
-            },
+            [
+                _timestamp(now),
+                abandoned_error.encode(),
+                _text_array(c.event_id for c in done),
+                _text_array(c.handler for c in done),
+                _int_array(c.run for c in done),
+                _int_array(c.token for c in done),
+                _int_array(c.attempt_id for c in done),
+                _text_array(whole),
+                _int_array(whole.values()),
+            ],
         ),
         lambda rows: Successes(
-            ours={(event_id, handler) for event_id, handler, _ in rows},
-            finished={event_id for event_id, _, finished in rows if finished},
+            ours={(_text(event_id), _text(handler)) for event_id, handler, _ in rows},
+            finished={_text(event_id) for event_id, _, finished in rows if _bool(finished)},
         ),
     )
 
 
-def _columns(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, list[Any]]:
-    """Rows as one array per column: the parameters of an ``unnest``."""
-    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+# --- parameters, as PostgreSQL's text input; values, as its binary output -------------------
 
 
-def _send(connection: Any, sql: str, params: dict[str, Any]) -> psycopg.Cursor[Row]:
-    """Execute a statement, prepared on the server; its rows are read from the cursor. In
-    pipeline mode this only sends it: reading the rows waits for them."""
-    cursor: psycopg.Cursor[Row] = connection.execute(sql, params, prepare=True)
-    return cursor
+def _text_array(values: Iterable[str]) -> bytes:
+    """A ``text[]`` literal: every element quoted, so any text (commas, braces, quotes,
+    backslashes, the word NULL) comes back as it was."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return ("{" + ",".join(quoted) + "}").encode()
+
+
+def _int_array(values: Iterable[int]) -> bytes:
+    return ("{" + ",".join(str(int(v)) for v in values) + "}").encode()
+
+
+def _timestamp(moment: datetime) -> bytes:
+    if moment.tzinfo is None:
+        raise ValueError("timestamps sent to PostgreSQL must be timezone-aware")
+    return moment.isoformat().encode()
+
+
+_POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _value(value: bytes | None) -> bytes:
+    if value is None:
+        raise ValueError("unexpected NULL")
+    return value
+
+
+def _text(value: bytes | None) -> str:
+    return _value(value).decode()
+
+
+def _int(value: bytes | None) -> int:  # int2, int4, int8: big-endian two's complement
+    return int.from_bytes(_value(value), "big", signed=True)
+
+
+def _bool(value: bytes | None) -> bool:
+    return _value(value) == b"\x01"
+
+
+def _timestamptz(value: bytes | None) -> datetime:  # microseconds since 2000-01-01 UTC
+    return _POSTGRES_EPOCH + timedelta(microseconds=_int(value))

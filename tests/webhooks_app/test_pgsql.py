@@ -7,7 +7,6 @@ import dataclasses
 import json
 import threading
 from datetime import timedelta
-from typing import Any
 
 import psycopg
 import pytest
@@ -17,7 +16,7 @@ from sqlalchemy import func, select, text
 
 from tests.support.events import event_status
 from tests.support.signing import delivery
-from webhooks_app import extensions, pgsql
+from webhooks_app import extensions, libpq, pgsql
 from webhooks_app.service import Service
 from webhooks_app.store import EventRow, NewEvent, utcnow
 
@@ -117,29 +116,51 @@ def test_a_connection_killed_by_the_server_is_replaced_once(service: Service) ->
     assert stored_ids(service) == {"msg_before", "msg_after"}
 
 
-def backend_pid(connection: psycopg.Connection[Any]) -> int:
-    pid = connection.execute("SELECT pg_backend_pid()").fetchone()
-    assert pid is not None
-    return int(pid[0])
-
-
 def test_a_pipelined_transaction_runs_its_statements_in_order_and_commits(
     service: Service,
 ) -> None:
     assert pgsql.insert_event(service.db.execute_autocommit, new_event("msg_together")) is True
-    with service.db.pipelined_transaction() as connection:
-        locked = pgsql.lock_and_load(connection, ["msg_together", "msg_missing"]).result()
-        assert [(e.id, e.payload) for e in locked] == [
-            ("msg_together", {"event": "chat.completion", "data": {"id": "chat_1"}})
+    with service.db.pipelined_transaction() as pipeline:
+        locked = pgsql.lock_and_load(pipeline, ["msg_together", "msg_missing"]).result()
+        assert [(e.id, e.type, e.payload) for e in locked] == [
+            (
+                "msg_together",
+                "chat.completion",
+                {"event": "chat.completion", "data": {"id": "chat_1"}},
+            )
         ]
         # Each statement starts after the one before it ended, and sees what it wrote: the
         # property a read placed after a lock relies on.
-        connection.execute("UPDATE events SET status = 'queued' WHERE id = 'msg_together'")
-        read = connection.execute("SELECT status FROM events WHERE id = 'msg_together'")
-        assert read.fetchall() == [("queued",)]
+        pipeline.send("UPDATE events SET status = 'queued' WHERE id = 'msg_together'")
+        read = pipeline.send("SELECT status FROM events WHERE id = 'msg_together'")
+        assert read.rows() == [(b"queued",)]
         # A write nobody reads goes with the COMMIT, and is committed.
-        connection.execute("UPDATE events SET status = 'succeeded' WHERE id = 'msg_together'")
+        pipeline.send("UPDATE events SET status = 'succeeded' WHERE id = 'msg_together'")
     assert event_status(service, "msg_together") == "succeeded"
+
+
+def test_values_come_back_as_they_were_stored(service: Service) -> None:
+    event = new_event("msg_values")
+    assert pgsql.insert_event(service.db.execute_autocommit, event) is True
+    with service.db.pipelined_transaction() as pipeline:
+        loading = pgsql.lock_and_load(pipeline, ["msg_values"])
+    [locked] = loading.result()
+    # Microseconds and the time zone survive PostgreSQL's binary format.
+    assert locked.received_at == event.received_at
+    assert locked.received_at.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "event_id",
+    ['msg_"quoted"', "msg_back\\slash", "msg_{braces},comma", "NULL", "msg_é_ü", " msg_spaced "],
+)
+def test_ids_sent_as_arrays_match_whatever_their_characters(
+    service: Service, event_id: str
+) -> None:
+    assert pgsql.insert_event(service.db.execute_autocommit, new_event(event_id)) is True
+    with service.db.pipelined_transaction() as pipeline:
+        loading = pgsql.lock_and_load(pipeline, [event_id, "msg_other"])
+    assert [e.id for e in loading.result()] == [event_id]
 
 
 @pytest.mark.parametrize("read_the_failure", [True, False], ids=["read", "never read"])
@@ -150,32 +171,72 @@ def test_a_failure_in_a_pipelined_transaction_raises_and_rolls_it_all_back(
     used: list[int] = []
 
     def update_then_fail() -> None:
-        with service.db.pipelined_transaction() as connection:
-            used.append(backend_pid(connection))
-            connection.execute("UPDATE events SET status = 'queued' WHERE id = 'msg_kept'")
-            failing = connection.execute("SELECT 1 / 0")
+        with service.db.pipelined_transaction() as pipeline:
+            used.append(pipeline.backend_pid)
+            pipeline.send("UPDATE events SET status = 'queued' WHERE id = 'msg_kept'")
+            failing = pipeline.send("SELECT 1 / 0")
+            after = pipeline.send("SELECT 1")
             if read_the_failure:
-                failing.fetchall()
+                with pytest.raises(psycopg.errors.DivisionByZero):
+                    failing.rows()
+                # A statement the failure aborted reports the failure.
+                with pytest.raises(psycopg.errors.DivisionByZero):
+                    after.rows()
+                raise RuntimeError("the caller gives up")
 
-    with pytest.raises(psycopg.errors.DivisionByZero):
+    with pytest.raises(RuntimeError if read_the_failure else psycopg.errors.DivisionByZero):
         update_then_fail()
     assert event_status(service, "msg_kept") == "received"  # the update was rolled back
-    with service.db.pipelined_transaction() as connection:
-        assert backend_pid(connection) == used[0]  # the same connection, usable again
-        loading = pgsql.lock_and_load(connection, ["msg_kept"])
+    with service.db.pipelined_transaction() as pipeline:
+        assert pipeline.backend_pid == used[0]  # the same connection, usable again
+        loading = pgsql.lock_and_load(pipeline, ["msg_kept"])
     assert [e.id for e in loading.result()] == ["msg_kept"]
+
+
+def test_a_statement_that_fails_to_prepare_is_prepared_again_next_time(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = libpq.Prepared("webhooks_test_probe", "SELECT no_such_column FROM events")
+
+    def send_broken() -> None:
+        with service.db.pipelined_transaction() as pipeline:
+            pipeline.send(broken)
+
+    with pytest.raises(psycopg.errors.UndefinedColumn):
+        send_broken()
+    fixed = dataclasses.replace(broken, sql="SELECT count(*) FROM events WHERE id = $1")
+    with service.db.pipelined_transaction() as pipeline:
+        counting = pipeline.send(fixed, [b"msg_none"])
+    assert counting.rows() == [((0).to_bytes(8, "big"),)]
+
+
+def test_a_connection_lost_in_a_pipelined_transaction_is_dropped(service: Service) -> None:
+    with service.db.pipelined_transaction() as pipeline:
+        first = pipeline.backend_pid
+
+    def lose_the_connection() -> None:
+        with service.db.pipelined_transaction() as pipeline:
+            assert pipeline.backend_pid == first
+            pipeline.send(f"SELECT pg_terminate_backend({first})")
+            pipeline.send("SELECT 1").rows()
+
+    with pytest.raises(psycopg.OperationalError):
+        lose_the_connection()
+    with service.db.pipelined_transaction() as pipeline:
+        assert pipeline.backend_pid != first
+        assert pipeline.send("SELECT 1").rows() == [((1).to_bytes(4, "big"),)]
 
 
 def test_a_connection_that_rested_is_pinged_and_replaced_if_dead(
     service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with service.db.pipelined_transaction() as connection:
-        first = backend_pid(connection)
+    with service.db.pipelined_transaction() as pipeline:
+        first = pipeline.backend_pid
     with service.db.engine.connect() as admin:
         assert admin.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
     monkeypatch.setattr(extensions, "REST_BEFORE_PING_SECONDS", 0.0)
-    with service.db.pipelined_transaction() as connection:
-        assert backend_pid(connection) != first
+    with service.db.pipelined_transaction() as pipeline:
+        assert pipeline.backend_pid != first
 
 
 def test_the_dispatchers_statements_are_planned_once_through_their_indexes(
@@ -184,14 +245,15 @@ def test_the_dispatchers_statements_are_planned_once_through_their_indexes(
     # A plan made while the table is nearly empty (a new deployment) must not be a sequential
     # scan kept while the table grows: the dispatcher's connections plan each statement once,
     # generically, with sequential scans priced out.
-    with service.db.pipelined_transaction() as connection:
-        connection.execute(
+    with service.db.pipelined_transaction() as pipeline:
+        pipeline.send(
             "PREPARE lock_probe(text[]) AS SELECT id FROM events WHERE id = ANY($1) FOR UPDATE"
         )
-        plan = connection.execute("EXPLAIN (FORMAT JSON) EXECUTE lock_probe('{msg_a,msg_b}')")
-        [[explained]] = plan.fetchall()
-        connection.execute("DEALLOCATE lock_probe")
-    text_plan = json.dumps(explained)
+        plan = pipeline.send("EXPLAIN (FORMAT JSON) EXECUTE lock_probe('{msg_a,msg_b}')")
+        pipeline.send("DEALLOCATE lock_probe")
+    [[explained]] = plan.rows()
+    assert explained is not None
+    text_plan = json.dumps(json.loads(explained))
     assert "$1" in text_plan  # the generic plan, made for any parameter
     assert "Seq Scan" not in text_plan
     assert "pk_events" in text_plan
