@@ -218,10 +218,11 @@ class Plans(Enum):
     """How PostgreSQL plans the prepared statements of an engine's connections.
 
     The hot paths' statements (``pgsql``) are prepared on the server once per connection
-    (``libpq``), and psycopg prepares any other statement run five times on a connection. After five runs PostgreSQL may switch a prepared
-    statement to a generic plan, chosen with the statistics of the moment; made while a table
-    was still nearly empty (a new deployment), that plan is a sequential scan, and it stays
-    while the table grows (measured in the benchmark: a 20-id lookup went from 0.02 to 3 ms).
+    (``libpq``), and psycopg prepares any other statement run five times on a connection.
+    After five runs PostgreSQL may switch a prepared statement to a generic plan, chosen with
+    the statistics of the moment; made while a table was still nearly empty (a new
+    deployment), that plan is a sequential scan, and it stays while the table grows (measured
+    in the benchmark: a 20-id lookup went from 0.02 to 3 ms).
     """
 
     # Plan every execution for its parameters: the safe default for the varied statements of

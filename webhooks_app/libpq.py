@@ -131,9 +131,9 @@ class Pending:
 class Pipeline:
     """One transaction's statements in libpq's pipeline mode, on an autocommit connection.
 
-    ``send`` queues a statement in libpq's buffer; nothing reaches the server until a
-    statement's rows are wanted (``Pending.rows``) or the transaction ends (``finish``): then
-    everything queued goes out with one flush and the caller waits for one answer. Statements
+    ``send`` queues a statement in libpq's buffer, where it waits until a statement's rows
+    are wanted (``Pending.rows``) or the transaction ends (``finish``): then everything queued
+    goes out with one flush and the caller waits for one answer. Statements
     run in order, each seeing what those before it wrote, and an error aborts the ones after it
     until the end of the transaction, which then rolls back.
     """
@@ -156,6 +156,8 @@ class Pipeline:
         """Queue ``statement``: a ``Prepared`` one, or SQL text without parameters."""
         pgconn = self._pgconn
         if isinstance(statement, str):
+            if params:
+                raise TypeError("parameters go with a Prepared statement")
             pgconn.send_query_params(statement.encode(), None, result_format=BINARY)
             return self._queued(Pending(self))
         if statement.name not in self._prepared:
@@ -204,8 +206,11 @@ class Pipeline:
             raise self.first_error
 
     def _flush(self) -> None:
-        while self._pgconn.flush():  # 1: more to send, the socket is full
-            _wait(self._pgconn.socket, select.POLLOUT)
+        pgconn = self._pgconn
+        while pgconn.flush():  # 1: more to send, the socket is full
+            # As libpq asks: read meanwhile, or a server blocked on sending to us never reads.
+            if _wait(pgconn.socket, select.POLLOUT | select.POLLIN) & select.POLLIN:
+                pgconn.consume_input()
         self._unsent = False
 
     def _next_result(self) -> pq.abc.PGresult:
@@ -226,7 +231,8 @@ class Pipeline:
         return pgconn.get_result()
 
 
-def _wait(fileno: int, events: int) -> None:
+def _wait(fileno: int, events: int) -> int:
+    """Block until the socket is ready for ``events`` (or failed); what it is ready for."""
     poller = select.poll()
-    poller.register(fileno, events | select.POLLERR | select.POLLHUP)
-    poller.poll()
+    poller.register(fileno, events)
+    return sum(ready for _, ready in poller.poll())

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 import threading
 from datetime import timedelta
 
@@ -161,6 +163,24 @@ def test_ids_sent_as_arrays_match_whatever_their_characters(
     with service.db.pipelined_transaction() as pipeline:
         loading = pgsql.lock_and_load(pipeline, [event_id, "msg_other"])
     assert [e.id for e in loading.result()] == [event_id]
+
+
+def test_a_statement_larger_than_the_sockets_buffers_is_sent_whole(service: Service) -> None:
+    assert pgsql.insert_event(service.db.execute_autocommit, new_event("msg_among_many")) is True
+    many = [f"msg_absent_{n:07d}" for n in range(50_000)] + ["msg_among_many"]  # ~1 MB
+    with service.db.pipelined_transaction() as pipeline:
+        # A small send buffer, so that libpq cannot hand the statement to the kernel at once.
+        with socket.socket(fileno=os.dup(pipeline.connection.pgconn.socket)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        loading = pgsql.lock_and_load(pipeline, many)
+        counting = pipeline.send("SELECT count(*) FROM events")
+    assert [e.id for e in loading.result()] == ["msg_among_many"]
+    assert counting.rows() == [((1).to_bytes(8, "big"),)]
+
+
+def test_sql_text_takes_no_parameters(service: Service) -> None:
+    with service.db.pipelined_transaction() as pipeline, pytest.raises(TypeError):
+        pipeline.send("SELECT 1", [b"1"])
 
 
 @pytest.mark.parametrize("read_the_failure", [True, False], ids=["read", "never read"])
