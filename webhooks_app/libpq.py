@@ -57,17 +57,25 @@ def run_prepared(
     params: Sequence[bytes | None],
 ) -> list[Values]:
     """Run ``statement`` in one blocking libpq call (the GIL released once); its rows, as
-    text. ``prepared`` names the statements already prepared on this connection."""
+    text. ``prepared`` names the statements already prepared on this connection; one the
+    server no longer has is prepared again, and run again, once."""
     pgconn = connection.pgconn
-    if statement.name not in prepared:
-        check(connection, pgconn.prepare(statement.name.encode(), statement.sql.encode()))
-        prepared.add(statement.name)
     refuse_nul(statement, params)
     # None is SQL NULL, as psycopg itself sends it (the stubs only say bytes).
     values: Any = list(params)
-    result = pgconn.exec_prepared(statement.name.encode(), values, statement.formats(len(params)))
-    check(connection, result)
-    return _rows(result)
+    for attempt in (1, 2):
+        if statement.name not in prepared:
+            check(connection, pgconn.prepare(statement.name.encode(), statement.sql.encode()))
+            prepared.add(statement.name)
+        result = pgconn.exec_prepared(
+            statement.name.encode(), values, statement.formats(len(params))
+        )
+        error = _error(connection, result)
+        if error is None:
+            return _rows(result)
+        if not _forgotten(error, prepared, statement.name) or attempt == 2:
+            raise error
+    raise AssertionError("unreachable")
 
 
 def check(connection: psycopg.Connection[Any], result: pq.abc.PGresult) -> None:
@@ -87,6 +95,16 @@ def _error(connection: psycopg.Connection[Any], result: pq.abc.PGresult) -> psyc
     return psycopg.errors.error_from_result(result, encoding=connection.info.encoding)
 
 
+def _forgotten(error: psycopg.Error, prepared: set[str], name: str) -> bool:
+    """True if the server no longer has the statement ``name`` we prepared (someone ran
+    DEALLOCATE, or a connection pooler moved us to another server connection): it is
+    prepared again on its next use."""
+    if isinstance(error, psycopg.errors.InvalidSqlStatementName):
+        prepared.discard(name)
+        return True
+    return False
+
+
 def _rows(result: pq.abc.PGresult) -> list[Values]:
     columns = range(result.nfields)
     return [tuple(result.get_value(row, c) for c in columns) for row in range(result.ntuples)]
@@ -95,8 +113,14 @@ def _rows(result: pq.abc.PGresult) -> list[Values]:
 class Pending:
     """A statement sent in a ``Pipeline``; ``rows()`` waits for what it returned."""
 
-    def __init__(self, pipeline: Pipeline, on_success: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        statement: str | None = None,
+        on_success: Callable[[], None] | None = None,
+    ) -> None:
         self._pipeline = pipeline
+        self._statement = statement  # the prepared statement's name
         self._on_success = on_success
         self._rows: list[Values] | None = None
         self._error: psycopg.Error | None = None
@@ -124,6 +148,8 @@ class Pending:
                 self._on_success()
         elif pipeline.first_error is None:
             pipeline.first_error = self._error
+            if self._statement is not None:
+                _forgotten(self._error, pipeline.prepared, self._statement)
         elif result.status == pq.ExecStatus.PIPELINE_ABORTED:
             self._error = pipeline.first_error  # what aborted it
 
@@ -141,7 +167,7 @@ class Pipeline:
     def __init__(self, connection: psycopg.Connection[Any], prepared: set[str]) -> None:
         self.connection = connection
         self._pgconn = connection.pgconn
-        self._prepared = prepared
+        self.prepared = prepared  # the statements prepared on this connection
         self._unread: deque[Pending] = deque()  # sent, in order, results not read yet
         self._unsent = False  # statements in libpq's buffer the server was not asked to answer
         self._synced = False  # the end of the pipeline is sent
@@ -160,11 +186,11 @@ class Pipeline:
                 raise TypeError("parameters go with a Prepared statement")
             pgconn.send_query_params(statement.encode(), None, result_format=BINARY)
             return self._queued(Pending(self))
-        if statement.name not in self._prepared:
+        if statement.name not in self.prepared:
             name = statement.name
             pgconn.send_prepare(name.encode(), statement.sql.encode())
             # Prepared statements outlive transactions; one that failed to prepare does not.
-            self._queued(Pending(self, on_success=lambda: self._prepared.add(name)))
+            self._queued(Pending(self, on_success=lambda: self.prepared.add(name)))
         refuse_nul(statement, params)
         values: Any = list(params)
         pgconn.send_query_prepared(
@@ -173,7 +199,7 @@ class Pipeline:
             statement.formats(len(params)),
             result_format=BINARY,
         )
-        return self._queued(Pending(self))
+        return self._queued(Pending(self, statement.name))
 
     def _queued(self, pending: Pending) -> Pending:
         self._unread.append(pending)

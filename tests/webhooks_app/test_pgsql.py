@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from datetime import timedelta
 
 import psycopg
@@ -228,6 +229,48 @@ def test_a_statement_that_fails_to_prepare_is_prepared_again_next_time(
     with service.db.pipelined_transaction() as pipeline:
         counting = pipeline.send(fixed, [b"msg_none"])
     assert counting.rows() == [((0).to_bytes(8, "big"),)]
+
+
+def test_a_statement_the_server_forgot_is_prepared_again(service: Service) -> None:
+    # DEALLOCATE behind our back, or a connection pooler that moved us to another server
+    # connection: the intake's insert prepares it again and succeeds; a pipelined transaction
+    # fails once, and the next one prepares it again.
+    engine = service.db.autocommit_engine
+    assert engine is not None
+    fairy = engine.raw_connection()
+    try:
+        connection = fairy.driver_connection
+        prepared: set[str] = set()
+        insert = pgsql._INSERT_EVENT
+        assert libpq.run_prepared(connection, prepared, insert, _insert_params("msg_first"))
+        connection.execute(f"DEALLOCATE {insert.name}")
+        assert libpq.run_prepared(connection, prepared, insert, _insert_params("msg_second"))
+    finally:
+        fairy.close()
+    with service.db.pipelined_transaction() as pipeline:
+        pgsql.lock_and_load(pipeline, ["msg_first"])
+        pipeline.send("DEALLOCATE webhooks_lock_and_load_events")
+
+    def load() -> list[str]:
+        with service.db.pipelined_transaction() as pipeline:
+            loading = pgsql.lock_and_load(pipeline, ["msg_first", "msg_second"])
+        return [e.id for e in loading.result()]
+
+    with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+        load()
+    assert load() == ["msg_first", "msg_second"]
+
+
+def _insert_params(event_id: str) -> list[bytes | None]:
+    """The parameters the intake's insert sends for a new event."""
+    captured: list[list[bytes | None]] = []
+
+    def capture(_statement: libpq.Prepared, params: Sequence[bytes | None]) -> list[libpq.Values]:
+        captured.append(list(params))
+        return []
+
+    pgsql.insert_event(capture, new_event(event_id))
+    return captured[0]
 
 
 def test_a_connection_lost_in_a_pipelined_transaction_is_dropped(service: Service) -> None:
