@@ -362,6 +362,7 @@ class Subscriptions:
                 old_id, new_id = rotation.old_id, rotation.new_id
                 window_started_at = rotation.window_started_at
                 idempotency_key = rotation.idempotency_key
+                started_at = rotation.started_at
                 note = rotation.note
             if step is RotationStep.DONE:
                 return _describe_done(kind, old_id, new_id, note)
@@ -380,7 +381,7 @@ class Subscriptions:
                     )
                 self._retire_old_subscription(rotation_id, old_id, now)
             elif step is RotationStep.CREATE_NEW:
-                self._create_replacement_key(rotation_id, old_id, idempotency_key, now)
+                self._create_replacement_key(rotation_id, old_id, idempotency_key, started_at, now)
             else:
                 self._retire_old_key(rotation_id, old_id, now)
 
@@ -427,9 +428,16 @@ class Subscriptions:
         log.info("rotation %s: deleted subscription %s, its secret retired", rotation_id, old_id)
 
     def _create_replacement_key(
-        self, rotation_id: int, old_id: str | None, idempotency_key: str, now: datetime
+        self,
+        rotation_id: int,
+        old_id: str | None,
+        idempotency_key: str,
+        started_at: datetime,
+        now: datetime,
     ) -> None:
-        name = f"assisters-webhooks-{now:%Y%m%dT%H%M%S}"
+        # Named after the rotation, not this run: a run resuming one whose answer was lost must
+        # send the same request, or the provider refuses to replay it for the idempotency key.
+        name = f"assisters-webhooks-{started_at:%Y%m%dT%H%M%S}"
         with self.client() as client:
             created = client.create_key(name, idempotency_key=idempotency_key)
         if not created.key:

@@ -283,9 +283,12 @@ def test_an_api_key_rotation_whose_create_answer_was_lost_creates_one_key(
         live.settings,
         transport=CrashingTransport("POST", "after"),
     )
+    started = utcnow()
     with pytest.raises(Crash):
-        crashing.rotate_api_key()
-    [message] = live.service.subscriptions.rotate_api_key()
+        crashing.rotate_api_key(now=started)
+    # Resumed a minute later (the next beat tick): the same request again, so the provider
+    # replays the key it created instead of refusing the reused idempotency key.
+    [message] = live.service.subscriptions.rotate_api_key(now=started + timedelta(minutes=1))
     assert message.endswith(f"the old key {emulator.api_key_id} is deleted")
     assert emulator.created("/v1/keys") == 1
     assert len(emulator.state.keys) == 1
