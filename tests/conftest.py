@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -108,6 +109,20 @@ def post_event(client: FlaskClient) -> Callable[..., Any]:
         return client.post("/webhooks/events", data=body, headers=headers)
 
     return post
+
+
+@pytest.fixture
+def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[dict[str, Any]]]:
+    """The runs of the test handlers (``tests.support.handlers``) in this process, in order."""
+    log = tmp_path / "runs.jsonl"
+    monkeypatch.setenv("TEST_HANDLER_LOG", str(log))
+
+    def read() -> list[dict[str, Any]]:
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    return read
 
 
 @pytest.fixture

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from celery import shared_task
+import psycopg
+from celery import Task, shared_task
+from sqlalchemy import exc as sa_exc
 
 from webhooks_app import dispatch, retention
 from webhooks_app.assisters import AssistersError
@@ -22,20 +25,60 @@ from webhooks_app.subscriptions import SubscriptionError
 log = logging.getLogger(__name__)
 
 
-@shared_task(name=PROCESS_EVENTS_TASK)
-def process_events(event_ids: list[str]) -> None:
+# A database failing over or restarting, a connection dropped or killed, a deadlock, a
+# prepared statement a pooler lost: what a message is tried again for, shortly, instead of
+# waiting for the sweep (an event's ``due_at``: 10 minutes once handed off). Whatever a failed
+# transaction did was rolled back, and the claims make a second run harmless.
+TRANSIENT_DATABASE_ERRORS = (
+    psycopg.OperationalError,  # deadlocks and serialization failures included
+    psycopg.errors.InvalidSqlStatementName,
+    sa_exc.OperationalError,
+)
+DATABASE_RETRIES = 5
+
+
+@shared_task(name=PROCESS_EVENTS_TASK, bind=True, max_retries=DATABASE_RETRIES)
+def process_events(self: Task[Any, Any], event_ids: list[str]) -> None:
     """The relay's and the sweep's message: several events, two transactions for all."""
     service = current_service()
-    outcomes = service.dispatcher.process_events(event_ids)
+    try:
+        outcomes = service.dispatcher.process_events(event_ids)
+    except TRANSIENT_DATABASE_ERRORS as exc:
+        raise _retry_later(self, exc) from exc
     for event_id, outcome in outcomes.items():
         _schedule_follow_ups(event_id, outcome)
 
 
-@shared_task(name=PROCESS_EVENT_TASK)
-def process_event(event_id: str, handler: str | None = None) -> None:
+@shared_task(name=PROCESS_EVENT_TASK, bind=True, max_retries=DATABASE_RETRIES)
+def process_event(self: Task[Any, Any], event_id: str, handler: str | None = None) -> None:
     """One event, or one handler of it: retries and waits for a claim held elsewhere."""
     service = current_service()
-    _schedule_follow_ups(event_id, service.dispatcher.process_event(event_id, only_handler=handler))
+    try:
+        outcome = service.dispatcher.process_event(event_id, only_handler=handler)
+    except TRANSIENT_DATABASE_ERRORS as exc:
+        raise _retry_later(self, exc) from exc
+    _schedule_follow_ups(event_id, outcome)
+
+
+def _retry_later(task: Task[Any, Any], exc: Exception) -> Exception:
+    """The same message again after 1, 2, 4, 8, 16 s (at most half the visibility timeout, as
+    for every countdown here); after the last, ``exc`` is raised and the sweep takes over."""
+    attempt = task.request.retries
+    delay = min(2.0**attempt, current_service().settings.broker_visibility_timeout / 2)
+    if attempt < DATABASE_RETRIES:
+        log.warning(
+            "database error; message tried again in %.0f s (retry %d of %d): %s",
+            delay,
+            attempt + 1,
+            DATABASE_RETRIES,
+            type(exc).__name__,  # not its text: a server message may quote row values
+        )
+    else:
+        log.error(
+            "database error, retries used up; the sweep hands the events over: %s",
+            type(exc).__name__,
+        )
+    return task.retry(exc=exc, countdown=delay)
 
 
 def _schedule_follow_ups(event_id: str, outcome: Outcome) -> None:

@@ -7,45 +7,22 @@ real Celery workers.
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
-from tests.support.events import event_status
+from tests.support.events import attempts, event_status
 from tests.support.processes import wait_until
 from webhooks_app import dispatch, pgsql, replay, store
 from webhooks_app.service import Service
 from webhooks_app.store import AttemptRow, EventRow, HandlerStateRow, utcnow
 
 PostEvent = Callable[..., Any]
-
-
-@pytest.fixture
-def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[dict[str, Any]]]:
-    log = tmp_path / "runs.jsonl"
-    monkeypatch.setenv("TEST_HANDLER_LOG", str(log))
-
-    def read() -> list[dict[str, Any]]:
-        if not log.exists():
-            return []
-        return [json.loads(line) for line in log.read_text().splitlines()]
-
-    return read
-
-
-def attempts(service: Service, event_id: str) -> list[tuple[str, int, str]]:
-    with service.db.transaction() as session:
-        return [
-            (a.handler.rsplit(".", 1)[-1], a.number, a.status)
-            for a in store.attempts_for(session, event_id)
-        ]
 
 
 def run_until_settled(
