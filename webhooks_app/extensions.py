@@ -293,7 +293,8 @@ def ping_after_rest(engine: Engine) -> None:
     one is replaced before anyone uses it (SQLAlchemy's documented ``DisconnectionError``
     pattern).
     What is left, a connection killed within the last seconds, fails its transaction, which
-    rolls back: the event's ``due_at`` brings it back through the sweep.
+    rolls back, and the message is tried again a second later (``workers.tasks``) on a new
+    connection.
     """
 
     @event.listens_for(engine, "checkin")
