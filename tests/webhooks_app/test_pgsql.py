@@ -214,9 +214,7 @@ def test_a_failure_in_a_pipelined_transaction_raises_and_rolls_it_all_back(
     assert [e.id for e in loading.result()] == ["msg_kept"]
 
 
-def test_a_statement_that_fails_to_prepare_is_prepared_again_next_time(
-    service: Service, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_statement_that_fails_to_prepare_is_prepared_again_next_time(service: Service) -> None:
     broken = libpq.Prepared("webhooks_test_probe", "SELECT no_such_column FROM events")
 
     def send_broken() -> None:
@@ -240,7 +238,8 @@ def test_a_statement_the_server_forgot_is_prepared_again(service: Service) -> No
     fairy = engine.raw_connection()
     try:
         connection = fairy.driver_connection
-        prepared: set[str] = set()
+        assert isinstance(connection, psycopg.Connection)
+        prepared = fairy.info.setdefault("prepared_statements", set())  # as the intake keeps it
         insert = pgsql._INSERT_EVENT
         assert libpq.run_prepared(connection, prepared, insert, _insert_params("msg_first"))
         connection.execute(f"DEALLOCATE {insert.name}")
