@@ -33,7 +33,7 @@ def test_a_message_whose_connection_was_dropped_is_tried_again_and_handled(
     with service.db.engine.connect() as admin:
         assert admin.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": dropped})
     with app.app_context():
-        first = tasks.process_events.apply(args=[["msg_dropped"]])
+        first = tasks.process_events.apply(args=(["msg_dropped"],))
     # Celery runs the retry at once in this (eager) mode; the result is the retry's.
     assert first.successful()
     assert "tried again in 1 s (retry 1 of 5): OperationalError" in caplog.text
@@ -56,7 +56,7 @@ def test_a_message_that_keeps_failing_is_left_to_the_sweep(
         with service.db.engine.begin() as holder:
             holder.execute(text("SELECT id FROM events WHERE id = 'msg_locked' FOR UPDATE"))
             with app.app_context():
-                result = tasks.process_events.apply(args=[["msg_locked"]])
+                result = tasks.process_events.apply(args=(["msg_locked"],))
     finally:
         with service.db.pipelined_transaction() as pipeline:
             pipeline.send("RESET lock_timeout")
