@@ -222,8 +222,8 @@ def insert_event(execute: Execute, event: NewEvent) -> bool:
             orjson.dumps(event.headers),
             None if event.data_id is None else event.data_id.encode(),
             str(event.webhook_timestamp).encode(),
-            event.received_at.isoformat().encode(),
-            event.due_at.isoformat().encode(),
+            _timestamp(event.received_at),
+            _timestamp(event.due_at),
         ],
     )
     return bool(rows)
