@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
+from webhooks_app import broker
 from webhooks_app.config import Settings
 from webhooks_app.libpq import Pipeline, Prepared, check, run_prepared
 
@@ -373,6 +374,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         }
     else:
         config["broker_url"] = settings.broker_url
+        if settings.broker_url.startswith(("redis://", "rediss://")):
+            config["broker_transport"] = broker.TRANSPORT
         config["broker_transport_options"] = {
             "visibility_timeout": settings.broker_visibility_timeout,
             # Scan for abandoned (unacked) messages every few seconds, not every 100 s.
