@@ -1,4 +1,4 @@
-"""The hot paths' statements on PostgreSQL, sent through the driver (psycopg).
+"""The hot paths' statements on PostgreSQL, sent straight through libpq.
 
 The intake's insert, the outbox relay's hand-off and the dispatcher's batch path
 (``Dispatcher.process_events``: every pending handler of a message's events claimed in one
@@ -13,11 +13,10 @@ of machine each costs the worker and the server about 0.1 ms of CPU apiece, more
 statements' own work, and under load a wait for a busy core besides. So the dispatcher's
 transactions run in libpq's pipeline mode (``Database.pipelined_transaction``), and each is one
 round trip: its statements are sent together with BEGIN and COMMIT, and none needs the rows of
-another. The
-claim finds the handlers to claim itself, from the worker's registry passed as arrays; it
-starts their attempts and marks their events ``processing`` in the same statement; a success
-records its attempt, and the event's ``succeeded`` when it was the last handler, in the same
-statement too. A message takes 2 round trips.
+another. The claim finds the handlers to claim itself, from the worker's registry passed as
+arrays; it starts their attempts and marks their events ``processing`` in the same statement;
+a success records its attempt, and the event's ``succeeded`` when it was the last handler, in
+the same statement too. A message takes 2 round trips.
 
 The statements keep the rules of the portable code in ``store`` and the one-event path: events
 are locked first, in id order (``store.lock_events``); a claim is a conditional write that only
