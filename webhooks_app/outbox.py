@@ -3,7 +3,7 @@
 gunicorn's master starts it (``gunicorn.conf.py``) and hands it the read end of a pipe whose
 write end every web worker inherits: a worker that committed an event writes one byte, the
 relay wakes up and hands every ``received`` event to the broker in batches (see
-``dispatch.OutboxRelay``). It also looks every ``RELAY_POLL_SECONDS`` without a wake-up, and
+``handoff.OutboxRelay``). It also looks every ``RELAY_POLL_SECONDS`` without a wake-up, and
 stops when its parent goes away.
 """
 
@@ -17,8 +17,8 @@ from functools import partial
 from types import FrameType
 
 from webhooks_app import create_app
-from webhooks_app.dispatch import OutboxRelay
 from webhooks_app.extensions import Plans, make_engine, pipelined_transaction
+from webhooks_app.handoff import OutboxRelay
 from webhooks_app.service import Service
 
 log = logging.getLogger(__name__)

@@ -33,6 +33,7 @@ are read with ``Sent.result()``, after the transaction.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -45,6 +46,8 @@ from webhooks_app.store import NewEvent
 T = TypeVar("T")
 # Runs a prepared statement in autocommit mode; returns its rows (Database.execute_autocommit).
 Execute = Callable[[Prepared, Sequence[bytes | None]], list[Values]]
+# Opens a transaction in libpq's pipeline mode, committed on exit (Database.pipelined_transaction).
+PipelinedTransaction = Callable[[], AbstractContextManager[Pipeline]]
 
 # Run in autocommit mode: the statement is its own transaction, durable (synchronous_commit
 # stays on) when it returns. The payload goes in as the verified body's own text, cast to JSONB

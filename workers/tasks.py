@@ -9,7 +9,7 @@ import psycopg
 from celery import Task, shared_task
 from sqlalchemy import exc as sa_exc
 
-from webhooks_app import dispatch, retention
+from webhooks_app import handoff, retention
 from webhooks_app.assisters import AssistersError
 from webhooks_app.dispatch import Outcome
 from webhooks_app.extensions import (
@@ -93,7 +93,7 @@ def _schedule_follow_ups(event_id: str, outcome: Outcome) -> None:
 @shared_task(name=SWEEP_TASK)
 def sweep() -> int:
     service = current_service()
-    return dispatch.sweep(service.db.sessions, service.publish, service.settings)
+    return handoff.sweep(service.db.sessions, service.publish, service.settings)
 
 
 @shared_task(name=ROTATE_SUBSCRIPTIONS_TASK)
