@@ -6,9 +6,10 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webhooks_app.config import Settings
+from webhooks_app.database import Database
 from webhooks_app.dispatch import Dispatcher
 from webhooks_app.events import Event
-from webhooks_app.extensions import Database, celery_init_app, celery_publisher
+from webhooks_app.extensions import celery_init_app, celery_publisher
 from webhooks_app.handoff import Relay
 from webhooks_app.logs import configure_logging
 from webhooks_app.registry import load_handlers, on, registry

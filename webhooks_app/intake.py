@@ -7,8 +7,8 @@ from datetime import timedelta
 
 from webhooks_app import pgsql, signatures, store
 from webhooks_app.config import Settings
+from webhooks_app.database import Database
 from webhooks_app.events import parse_envelope
-from webhooks_app.extensions import Database
 from webhooks_app.handoff import Relay
 from webhooks_app.signatures import HeaderLookup, Secret
 

@@ -17,7 +17,7 @@ from functools import partial
 from types import FrameType
 
 from webhooks_app import create_app
-from webhooks_app.extensions import Plans, make_engine, pipelined_transaction
+from webhooks_app.database import Plans, make_engine, pipelined_transaction
 from webhooks_app.handoff import OutboxRelay
 from webhooks_app.service import Service
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     # On PostgreSQL, its own connection, in pipelined transactions, without a pre-ping round
     # trip on every cycle: a cycle that meets a dead connection fails, and the next one gets a
     # fresh connection. Its one statement is best served by a generic plan (see
-    # extensions.Plans).
+    # database.Plans).
     engine = (
         None
         if service.settings.is_sqlite

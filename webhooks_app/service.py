@@ -9,8 +9,8 @@ from celery import Celery
 from flask import current_app
 
 from webhooks_app.config import Settings
+from webhooks_app.database import Database
 from webhooks_app.dispatch import Dispatcher
-from webhooks_app.extensions import Database
 from webhooks_app.handoff import Publish, Relay
 from webhooks_app.intake import Intake
 from webhooks_app.registry import Registry

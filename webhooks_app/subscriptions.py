@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from webhooks_app.assisters import AssistersClient, NotFound, WebhookSubscription
 from webhooks_app.config import ConfigError, Settings
-from webhooks_app.extensions import Database
+from webhooks_app.database import Database
 from webhooks_app.secretbox import SecretBox, SecretBoxError, mask
 from webhooks_app.signatures import Secret, SecretFormatError, parse_secret
 from webhooks_app.store import (

@@ -19,7 +19,7 @@ from sqlalchemy import func, select, text
 
 from tests.support.events import event_status
 from tests.support.signing import delivery
-from webhooks_app import extensions, libpq, pgsql
+from webhooks_app import database, libpq, pgsql
 from webhooks_app.service import Service
 from webhooks_app.store import EventRow, NewEvent, utcnow
 
@@ -296,7 +296,7 @@ def test_a_connection_that_rested_is_pinged_and_replaced_if_dead(
         first = pipeline.backend_pid
     with service.db.engine.connect() as admin:
         assert admin.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
-    monkeypatch.setattr(extensions, "REST_BEFORE_PING_SECONDS", 0.0)
+    monkeypatch.setattr(database, "REST_BEFORE_PING_SECONDS", 0.0)
     with service.db.pipelined_transaction() as pipeline:
         assert pipeline.backend_pid != first
 

@@ -11,7 +11,7 @@ from flask import Flask
 from sqlalchemy import text
 
 from tests.support.events import attempts, event_status
-from webhooks_app import extensions
+from webhooks_app import database
 from webhooks_app.service import Service
 from workers import tasks
 
@@ -27,7 +27,7 @@ def test_a_message_whose_connection_was_dropped_is_tried_again_and_handled(
     assert post_event(msg_id="msg_dropped").status_code == 200
     # The worker's connection, in steady use (so not pinged), dropped by the server as in a
     # failover: the message's first transaction fails on it.
-    monkeypatch.setattr(extensions, "REST_BEFORE_PING_SECONDS", 3600.0)
+    monkeypatch.setattr(database, "REST_BEFORE_PING_SECONDS", 3600.0)
     with service.db.pipelined_transaction() as pipeline:
         dropped = pipeline.backend_pid
     with service.db.engine.connect() as admin:
