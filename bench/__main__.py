@@ -11,10 +11,15 @@ from bench.run import Bench, BenchmarkFailure, Options, git_revision, table, wri
 
 def parse_args(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
+    parser.add_argument(
+        "--duration", type=float, default=Options.duration, help="seconds per other load phase"
+    )
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument(
-        "--rounds", type=int, default=3, help="alternating bare/intake rounds (median reported)"
+        "--rounds", type=int, default=Options.rounds, help="alternating bare/intake rounds"
+    )
+    parser.add_argument(
+        "--round-duration", type=float, default=Options.round_duration, help="seconds per round"
     )
     parser.add_argument("--web-concurrency", type=int, default=Options.web_concurrency)
     parser.add_argument("--worker-concurrency", type=int, default=Options.worker_concurrency)
@@ -33,11 +38,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         worker_concurrency=args.worker_concurrency,
         burst=args.burst,
         rounds=args.rounds,
+        round_duration=args.round_duration,
         output=args.output,
     )
     if args.smoke:
         options.duration, options.warmup, options.burst = 1.0, 0.2, min(args.burst, 200)
-        options.rounds = 1
+        options.rounds, options.round_duration = 1, 1.0
         options.smoke = True
     return options
 

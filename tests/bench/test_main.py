@@ -1,0 +1,24 @@
+"""The benchmark's command line."""
+
+from __future__ import annotations
+
+from bench.__main__ import parse_args
+
+
+def test_the_bare_and_intake_rounds_are_set_apart_from_the_other_phases() -> None:
+    options = parse_args(["--rounds", "7", "--round-duration", "2.5", "--duration", "4"])
+    assert (options.rounds, options.round_duration, options.duration) == (7, 2.5, 4.0)
+
+
+def test_by_default_five_rounds_of_six_seconds_and_ten_seconds_per_other_phase() -> None:
+    options = parse_args([])
+    assert (options.rounds, options.round_duration, options.duration) == (5, 6.0, 10.0)
+    assert options.connections == 8
+    assert not options.smoke
+
+
+def test_smoke_is_one_short_round_of_everything() -> None:
+    options = parse_args(["--smoke"])
+    assert options.smoke
+    assert (options.rounds, options.round_duration, options.duration) == (1, 1.0, 1.0)
+    assert options.burst <= 200
