@@ -14,7 +14,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--duration", type=float, default=Options.duration, help="seconds per other load phase"
     )
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=Options.connections)
     parser.add_argument(
         "--rounds", type=int, default=Options.rounds, help="alternating bare/intake rounds"
     )
