@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -59,8 +60,7 @@ def stored_event(service: Service, msg_id: str) -> EventRow | None:
 def test_register_then_a_signed_delivery_reaches_the_handler(
     live: LiveService,
     emulator: RunningEmulator,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    runs: Callable[[], list[dict[str, Any]]],
 ) -> None:
     result = live.app.test_cli_runner().invoke(args=["subscriptions", "register"])
     assert result.exit_code == 0, result.output
@@ -75,16 +75,13 @@ def test_register_then_a_signed_delivery_reaches_the_handler(
     assert live.service.subscriptions.box.decrypt(row.secret_encrypted) == secret
     assert live.settings.webhook_secrets == ()  # stored secrets alone
 
-    log_path = tmp_path / "handlers.log"
-    monkeypatch.setenv("TEST_HANDLER_LOG", str(log_path))
     sent = emulator.state.trigger("chat.completion", {"id": "chat_registered"})
     wait_until(lambda: stored_event(live.service, sent["id"]), 15, what="the delivery")
     event = stored_event(live.service, sent["id"])
     assert event is not None
     assert event.data_id == "chat_registered"
     live.service.dispatcher.process_event(sent["id"])
-    runs = [json.loads(line) for line in log_path.read_text().splitlines()]
-    assert [(r["event"], r["handler"]) for r in runs] == [(sent["id"], "record")]
+    assert [(r["event"], r["handler"]) for r in runs()] == [(sent["id"], "record")]
 
 
 def test_a_provider_refusal_exits_non_zero_with_its_message(
