@@ -63,6 +63,4 @@ def create_app(settings: Settings | None = None) -> Flask:
     # the JSON API checks CSRF itself for cookie-authenticated calls, and /metrics only reads.
     admin.init_app(app, settings, csrf_exempt=[receiver.bp, health.bp, api.bp, metrics.bp])
     cli.register(app)
-    # The delivery endpoint's common path skips Flask's per-request work (receiver.FastIntake).
-    app.wsgi_app = receiver.FastIntake(app.wsgi_app, app)  # type: ignore[method-assign]
     return app

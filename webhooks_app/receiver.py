@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import time
-from typing import Any
 
-import orjson
 from flask import Blueprint, Response, jsonify, request
 
 from webhooks_app import metrics
-from webhooks_app.errors import DATABASE_ERRORS, ApiError, database_error, error_response
+from webhooks_app.errors import DATABASE_ERRORS, ApiError, database_error
 from webhooks_app.events import EnvelopeError
 from webhooks_app.logs import log_event
 from webhooks_app.service import current_service
@@ -51,7 +48,7 @@ def _receive_event() -> tuple[dict[str, str], int]:
     return answer(result), 200
 
 
-# What the intake raises for a delivery it does not store, answered the same on both paths.
+# What the intake raises for a delivery it does not store.
 REFUSALS = (VerificationError, EnvelopeError, *DATABASE_ERRORS)
 
 
@@ -119,82 +116,3 @@ def _is_json(mimetype: str) -> bool:
     return mimetype == "application/json" or (
         mimetype.startswith("application/") and mimetype.endswith("+json")
     )
-
-
-class _EnvironHeaders:
-    """The few request headers the intake reads, straight from the WSGI environ."""
-
-    __slots__ = ("_environ",)
-
-    def __init__(self, environ: dict[str, Any]) -> None:
-        self._environ = environ
-
-    @staticmethod
-    def _key(name: str) -> str:
-        key = name.upper().replace("-", "_")
-        return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
-
-    def get(self, key: str) -> str | None:
-        value = self._environ.get(self._key(key))
-        return value if isinstance(value, str) else None
-
-    def __getitem__(self, key: str) -> str:
-        value = self.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __contains__(self, key: str, /) -> bool:
-        return self.get(key) is not None
-
-
-class FastIntake:
-    """``POST /webhooks/events`` without Flask's per-request machinery on the common path.
-
-    A WSGI middleware in front of the Flask app. It handles a well-formed delivery (JSON
-    content type, a ``Content-Length`` within ``MAX_BODY_BYTES``) by itself: the same
-    ``Intake.receive`` and the same ``answer`` or ``refusal`` as the blueprint, so a refused
-    delivery is verified once. Everything else (other paths and methods, other content types,
-    chunked or oversized bodies, an unexpected error) goes to Flask, which answers in the usual
-    error format; a body already read is handed on as it was.
-    """
-
-    def __init__(self, wsgi_app: Any, flask_app: Any) -> None:
-        self._next = wsgi_app
-        self._flask = flask_app
-        service = flask_app.extensions["webhooks"]
-        self._intake = service.intake
-        self._max_body = service.settings.max_body_bytes
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("PATH_INFO") != "/webhooks/events" or environ["REQUEST_METHOD"] != "POST":
-            return self._next(environ, start_response)
-        mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
-        length = environ.get("CONTENT_LENGTH", "")
-        if (
-            not _is_json(mimetype)
-            or not length.isdigit()
-            or int(length) > self._max_body
-            or "HTTP_TRANSFER_ENCODING" in environ
-        ):
-            return self._next(environ, start_response)
-        started = time.perf_counter()
-        body = environ["wsgi.input"].read(int(length))
-        try:
-            result = self._intake.receive(_EnvironHeaders(environ), body)
-        except REFUSALS as exc:
-            error = refusal(exc, environ.get("HTTP_WEBHOOK_ID"))
-            metrics.observe_intake(time.perf_counter() - started)
-            with self._flask.app_context():
-                return error_response(error)(environ, start_response)
-        except Exception:
-            # Unexpected: Flask answers (and logs it), from the same bytes.
-            environ["wsgi.input"] = io.BytesIO(body)
-            return self._next(environ, start_response)
-        encoded = orjson.dumps(answer(result))
-        start_response(
-            "200 OK",
-            [("Content-Type", "application/json"), ("Content-Length", str(len(encoded)))],
-        )
-        metrics.observe_intake(time.perf_counter() - started)
-        return [encoded]
