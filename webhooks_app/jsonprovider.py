@@ -46,8 +46,8 @@ def iterative_dumps(
             out.append("{")
             for index, key in enumerate(keys):
                 name = key if isinstance(key, str) else json.dumps(key)
-                prefix = "," if index else ""
-                tasks += [_Text(prefix + json.dumps(name, ensure_ascii=ensure_ascii) + ":"), item[key]]
+                quoted = json.dumps(name, ensure_ascii=ensure_ascii)
+                tasks += [_Text(("," if index else "") + quoted + ":"), item[key]]
             tasks.append(_Text("}"))
         elif isinstance(item, list | tuple):
             out.append("[")
