@@ -116,6 +116,27 @@ def on_exit(server):  # type: ignore[no-untyped-def]
             server.log.info("outbox relay: %s", exc)
 
 
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """Answers gunicorn gives itself (a malformed request line or header, 414, 431) in the
+    service's JSON error format instead of gunicorn's HTML page."""
+    from gunicorn import util
+
+    from webhooks_app.connection import server_error_answer
+
+    def write_error(sock, status_int, reason, mesg):  # type: ignore[no-untyped-def]
+        util.write_nonblock(sock, server_error_answer(status_int, reason, mesg))
+
+    util.write_error = write_error
+
+
+def pre_request(worker, req):  # type: ignore[no-untyped-def]
+    # gunicorn drops a Connection header set by the application: this is how the application
+    # closes a connection whose request body it left unread (webhooks_app/connection.py).
+    from webhooks_app.connection import offer_close
+
+    offer_close(req.body, req.force_close)
+
+
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
     from prometheus_client import multiprocess
 
