@@ -8,12 +8,17 @@ Phases, all in one run, on one machine, with the same gunicorn and Celery settin
 3. **handlers**: a worker starts on the backlog the intake phase left; events/s from the
    stored attempt timestamps.
 4. **celery no-op**: as many no-op tasks on the same broker, same worker settings; tasks/s.
-5. **e2e**: workers running, a fixed rate of half the measured intake rate; end-to-end latency
-   from request sent to the last handler's ``finished_at``.
+5. **e2e**: workers running, a fixed rate of half the measured intake rate, in ``rounds`` rounds
+   each drained before the next; end-to-end latency from request sent to the last handler's
+   ``finished_at``, and the CPU every part of the pipeline spent per event.
 6. **burst** (optional): N events as fast as possible; how long until the backlog is drained.
 
 Finally every accepted event must have ended ``succeeded`` with exactly one (successful) attempt
 of its handler; otherwise the run fails loudly.
+
+With ``--against REV`` every phase runs for both trees (each on its own database and Redis
+database), alternating: in each intake and e2e round both sides run, the first one changing from
+round to round; e2e runs both at this tree's rate. One bare server serves both sides' bare rounds.
 """
 
 from __future__ import annotations
