@@ -53,11 +53,18 @@ def _from_replay_error(exc: replay.ReplayError) -> ActionError:
     return ActionError(exc.status, exc.message, code=exc.code, param=exc.param)
 
 
+def possible_id(event_id: str) -> bool:
+    """Whether an event could have this id (a NUL would fail in PostgreSQL, not match)."""
+    return 0 < len(event_id) <= MAX_TEXT_LENGTH and "\x00" not in event_id
+
+
+def find_event(session: Session, event_id: str) -> EventRow | None:
+    return store.get_event(session, event_id) if possible_id(event_id) else None
+
+
 def load_event(session: Session, event_id: str) -> EventRow:
-    """The event, or a 404 ``ActionError``; an id no event can have is simply not found."""
-    if not event_id or len(event_id) > MAX_TEXT_LENGTH or "\x00" in event_id:
-        raise _not_found(event_id)
-    row = store.get_event(session, event_id)
+    """The event, or a 404 ``ActionError``."""
+    row = find_event(session, event_id)
     if row is None:
         raise _not_found(event_id)
     return row
@@ -75,7 +82,7 @@ def replay_event(
 ) -> replay.Replayed:
     """A new run of the event's handlers; ``handler`` (a name, or ``None`` for every handler)
     is passed to the replay transition as it is, which decides what it selects."""
-    if len(event_id) > MAX_TEXT_LENGTH or "\x00" in event_id:
+    if not possible_id(event_id):
         raise _not_found(event_id)
     try:
         with service.db.transaction() as session:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any

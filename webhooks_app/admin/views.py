@@ -162,7 +162,7 @@ def events_live() -> ResponseReturnValue:
     if not request.headers.get(POLL_HEADER) and not request.args:
         # A browser opening the event whose id is "live" (the page's poll sends the header).
         with current_service().db.transaction() as session:
-            if store.get_event(session, "live") is not None:
+            if actions.find_event(session, "live") is not None:
                 return _detail_page(session, "live")
     context, status = _list_context(request.args)
     return render_template("admin/_events_live.html", **context), status
@@ -184,8 +184,8 @@ def event_detail(event_id: str) -> ResponseReturnValue:
 @login_required
 def event_live(event_id: str) -> ResponseReturnValue:
     with current_service().db.transaction() as session:
-        row = store.get_event(session, event_id) if "\x00" not in event_id else None
-        if row is None and store.get_event(session, event_id + "/live") is not None:
+        row = actions.find_event(session, event_id)
+        if row is None and actions.find_event(session, event_id + "/live") is not None:
             # The rule with the action segment won, but the id itself ends in "/live".
             return _detail_page(session, event_id + "/live")
         context = _detail_context(session, actions.load_event(session, event_id))
