@@ -32,7 +32,7 @@ def record(
             action=action,
             target=None if target is None else target[:255],
             details=details or {},
-            remote_addr=remote_addr,
+            remote_addr=None if remote_addr is None else remote_addr[:64],
         )
     )
 
