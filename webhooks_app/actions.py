@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import false, select
 from sqlalchemy.orm import Session
 
-from webhooks_app import audit, masking, replay, store
+from webhooks_app import audit, masking, store
 from webhooks_app.params import MAX_TEXT_LENGTH
+from webhooks_app.replay import Replayed, ReplayError, reset_for_replay
 from webhooks_app.store import EventFilter, EventRow, EventStatus
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def _not_found(event_id: str) -> ActionError:
     return ActionError(404, f"No event with id {event_id!r}.", code="event_not_found", param="id")
 
 
-def _from_replay_error(exc: replay.ReplayError) -> ActionError:
+def _from_replay_error(exc: ReplayError) -> ActionError:
     return ActionError(exc.status, exc.message, code=exc.code, param=exc.param)
 
 
@@ -77,16 +78,16 @@ def mask_rules(service: Service) -> masking.MaskRules:
 # --- replay -----------------------------------------------------------------------------
 
 
-def replay_event(
+def replay(
     service: Service, operator: Operator, event_id: str, *, handler: str | None = None
-) -> replay.Replayed:
+) -> Replayed:
     """A new run of the event's handlers; ``handler`` (a name, or ``None`` for every handler)
     is passed to the replay transition as it is, which decides what it selects."""
     if not possible_id(event_id):
         raise _not_found(event_id)
     try:
         with service.db.transaction() as session:
-            done = replay.reset_for_replay(
+            done = reset_for_replay(
                 session,
                 event_id,
                 registry=service.registry,
@@ -94,7 +95,7 @@ def replay_event(
                 handler=handler,
             )
             _record(session, operator, "event.replay", event_id, handlers=list(done.handlers))
-    except replay.ReplayError as exc:
+    except ReplayError as exc:
         raise _from_replay_error(exc) from None
     service.relay.submit(event_id)
     return done
@@ -130,10 +131,10 @@ def replay_many(session: Session, event_ids: Sequence[str], *, service: Service)
         try:
             # A savepoint per event: one refused replay leaves the others in the transaction.
             with session.begin_nested():
-                replay.reset_for_replay(
+                reset_for_replay(
                     session, event_id, registry=service.registry, settings=service.settings
                 )
-        except replay.ReplayError as exc:
+        except ReplayError as exc:
             skipped[event_id] = exc.message
         else:
             replayed.append(event_id)

@@ -176,7 +176,7 @@ def _optional_string(body: dict[str, Any], name: str) -> str | None:
 @bp.post("/events/<event_id:event_id>/replay", merge_slashes=False)
 def replay_event(event_id: str) -> tuple[dict[str, Any], int]:
     handler = _optional_string(_json_body(), "handler")
-    done = actions.replay_event(current_service(), _operator(), event_id, handler=handler)
+    done = actions.replay(current_service(), _operator(), event_id, handler=handler)
     return {
         "id": event_id,
         "object": "event.replay",

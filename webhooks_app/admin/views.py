@@ -25,7 +25,7 @@ from webhooks_app.admin.auth import (
 )
 from webhooks_app.admin.forms import LoginForm
 from webhooks_app.admin.jsonhtml import highlight
-from webhooks_app.errors import ApiError
+from webhooks_app.errors import DATABASE_ERRORS, ApiError
 from webhooks_app.service import current_service
 from webhooks_app.store import EventRow, EventStatus
 
@@ -206,7 +206,7 @@ def reveal_field(event_id: str) -> ResponseReturnValue:
 @login_required
 def replay_event(event_id: str) -> ResponseReturnValue:
     handler = request.form.get("handler") or None
-    done = actions.replay_event(current_service(), operator(), event_id, handler=handler)
+    done = actions.replay(current_service(), operator(), event_id, handler=handler)
     flash(f"Replay queued: {', '.join(done.handlers)}.", "ok")
     return redirect(url_for("admin.event_detail", event_id=event_id))
 
@@ -289,4 +289,7 @@ def subscriptions() -> Response:
 
 @bp.app_template_global("current_admin")
 def _current_admin() -> str | None:
-    return session_admin()
+    try:
+        return session_admin()
+    except DATABASE_ERRORS:
+        return None  # the error page of a database outage must still render
