@@ -97,7 +97,6 @@ def replay(
             _record(session, operator, "event.replay", event_id, handlers=list(done.handlers))
     except ReplayError as exc:
         raise _from_replay_error(exc) from None
-    service.relay.submit(event_id)
     return done
 
 
@@ -168,8 +167,6 @@ def bulk_replay(
             replayed=len(result.replayed),
             skipped=len(result.skipped),
         )
-    for event_id in result.replayed:
-        service.relay.submit(event_id)
     return result
 
 

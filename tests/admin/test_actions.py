@@ -19,7 +19,7 @@ PostEvent = Callable[..., Any]
 
 def failed(service: Service, post_event: PostEvent, event_id: str, data_id: str) -> None:
     post_event("model.failed", {"id": data_id, "fail_handler": "alert"}, msg_id=event_id)
-    service.dispatcher.process_event(event_id)
+    service.dispatcher.process_events([event_id])
     assert event_status(service, event_id) == EventStatus.FAILED
 
 
