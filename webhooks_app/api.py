@@ -232,11 +232,13 @@ def _not_found(event_id: str) -> ApiError:
 
 @bp.post("/events/<event_id>/replay")
 def replay_event(event_id: str) -> tuple[dict[str, Any], int]:
-    handler = _json_body().get("handler")
+    body = _json_body()
+    handler = body.get("handler")
     if handler is not None and not isinstance(handler, str):
         raise ApiError(400, "handler must be a string.", code="invalid_parameter", param="handler")
     service = current_service()
     try:
+        scope = replay.parse_scope(body.get("handlers"))
         with service.db.transaction() as session:
             done = replay.reset_for_replay(
                 session,
@@ -244,6 +246,7 @@ def replay_event(event_id: str) -> tuple[dict[str, Any], int]:
                 registry=service.registry,
                 settings=service.settings,
                 handler=handler or None,
+                only_failed=scope is replay.Scope.FAILED,
             )
             _record(session, "event.replay", event_id, handlers=list(done.handlers))
     except replay.ReplayError as exc:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
+import orjson
 from flask import Flask
 from flask.cli import AppGroup
 
-from webhooks_app import handoff
+from webhooks_app import audit, export, handoff, masking
 from webhooks_app.service import current_service
+from webhooks_app.store import EventFilter, EventStatus
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -66,6 +69,76 @@ def events_sweep() -> None:
     service = current_service()
     count = handoff.sweep(service.db.sessions, service.publish, service.settings)
     click.echo(f"re-published {count} overdue events")
+
+
+def _moment(param: str) -> Callable[[click.Context, click.Parameter, str | None], Any]:
+    def convert(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+        try:
+            return audit.parse_bound(value, param, end=param == "until")
+        except audit.RangeError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return convert
+
+
+@events_cli.command("export")
+@click.option("--type", "event_type", help="Only events of this type.")
+@click.option("--status", type=click.Choice([s.value for s in EventStatus]), help="Only these.")
+@click.option(
+    "--since", callback=_moment("since"), help="Received at or after (YYYY-MM-DD or ISO 8601)."
+)
+@click.option("--until", callback=_moment("until"), help="Received before (a date counts whole).")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many, newest first.")
+@click.option(
+    "--unmasked",
+    is_flag=True,
+    help="Keep the PII_MASK_FIELDS values (recorded in the audit log; keep the file private).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    help="File to write (default: stdout).",
+)
+def events_export(
+    event_type: str | None,
+    status: str | None,
+    since: Any,
+    until: Any,
+    limit: int | None,
+    unmasked: bool,
+    output: str,
+) -> None:
+    """Write stored events as JSON Lines, newest first, masked unless --unmasked.
+
+    webhooks_app.testing.load_events reads the file back: real traffic as test fixtures.
+    """
+    service = current_service()
+    filters = EventFilter(type=event_type, status=status, since=since, until=until)
+    rules = None if unmasked else masking.MaskRules.parse(service.settings.pii_mask_fields)
+    if unmasked:
+        with service.db.transaction() as session:
+            audit.record(
+                session,
+                actor="cli",
+                action="events.export_unmasked",
+                details={
+                    "type": event_type,
+                    "status": status,
+                    "since": since.isoformat() if since else None,
+                    "until": until.isoformat() if until else None,
+                    "limit": limit,
+                },
+            )
+    count = 0
+    with click.open_file(output, "wb") as out:
+        for line in export.export_events(service.db.transaction, filters, rules=rules, limit=limit):
+            out.write(orjson.dumps(line) + b"\n")
+            count += 1
+    if output != "-":
+        masked = "unmasked" if unmasked else "masked by PII_MASK_FIELDS"
+        click.echo(f"exported {count} events to {output} ({masked})", err=True)
 
 
 def register(app: Flask) -> None:

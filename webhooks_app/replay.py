@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from webhooks_app import store
 from webhooks_app.config import Settings
-from webhooks_app.registry import Registry
+from webhooks_app.registry import Handler, Registry
 from webhooks_app.store import EventFilter, EventStatus, HandlerStatus, utcnow
 
 REPLAYABLE_STATUSES = (EventStatus.FAILED.value, EventStatus.DEAD.value)
@@ -69,8 +70,10 @@ def reset_for_replay(
     registry: Registry,
     settings: Settings,
     handler: str | None = None,
+    only_failed: bool = False,
 ) -> Replayed:
-    """Start a new run of ``handler`` (or of every handler of the event's type). Only flushes."""
+    """Start a new run of ``handler`` (or of every handler of the event's type, or with
+    ``only_failed`` of those whose last run failed). Only flushes."""
     events, states = store.events, store.handler_states
     # The same row lock the dispatcher takes to update an event's status: one writer at a time.
     row = session.execute(
@@ -91,6 +94,8 @@ def reset_for_replay(
         chosen = list(registered.values())
     if not chosen:
         raise NothingToReplay(f"No handler is registered for events of type {row.type!r}.")
+    if only_failed and handler is None:
+        chosen = _failed_only(session, event_id, chosen)
 
     now = utcnow()
     existing = {
@@ -158,6 +163,57 @@ def reset_for_replay(
     return Replayed(event_id, tuple(h.name for h in chosen))
 
 
+# --- the "failed handlers" choice ------------------------------------------------------------
+# Replaying only what failed is the safe default for operators: a handler that succeeded is not
+# re-run, so its side effects are not repeated.
+
+FAILED_HANDLER_STATUSES = (HandlerStatus.FAILED.value, HandlerStatus.DEAD.value)
+
+
+def _failed_only(session: Session, event_id: str, chosen: list[Handler]) -> list[Handler]:
+    states = store.handler_states
+    rows = session.execute(
+        select(states.c.handler, states.c.status).where(states.c.event_id == event_id)
+    )
+    status_of = {handler: status for handler, status in rows}
+    kept = [h for h in chosen if status_of.get(h.name) in FAILED_HANDLER_STATUSES]
+    if not kept and HandlerStatus.RUNNING.value in status_of.values():
+        raise HandlerBusy(
+            "A handler is running on this event; replay it once it has finished.",
+            param="handler",
+        )
+    if not kept:
+        raise NothingToReplay(
+            "No handler of this event has failed: replay all handlers, or one, instead.",
+            param="handlers",
+        )
+    return kept
+
+
+class Scope(StrEnum):
+    """Which handlers a replay without a named handler runs (the API's ``handlers``)."""
+
+    FAILED = "failed"
+    ALL = "all"
+
+
+DEFAULT_SCOPE = Scope.FAILED
+
+
+def parse_scope(raw: object) -> Scope:
+    """``failed`` (the default, for ``None`` or ``""``) or ``all``; ``ReplayError`` otherwise."""
+    if raw is None or raw == "":
+        return DEFAULT_SCOPE
+    if isinstance(raw, str) and raw in {s.value for s in Scope}:
+        return Scope(raw)
+    raise InvalidChoice("handlers must be 'failed' or 'all'.", param="handlers")
+
+
+class InvalidChoice(ReplayError):
+    code = "invalid_parameter"
+    status = 400
+
+
 def replayable_ids(
     session: Session, filters: EventFilter, *, limit: int = BULK_REPLAY_LIMIT
 ) -> list[str]:
@@ -189,7 +245,12 @@ class BulkReplay:
 
 
 def replay_many(
-    session: Session, event_ids: Sequence[str], *, registry: Registry, settings: Settings
+    session: Session,
+    event_ids: Sequence[str],
+    *,
+    registry: Registry,
+    settings: Settings,
+    only_failed: bool = False,
 ) -> BulkReplay:
     replayed: list[str] = []
     skipped: dict[str, str] = {}
@@ -197,7 +258,13 @@ def replay_many(
         try:
             # A savepoint per event: one refused replay leaves the others in the transaction.
             with session.begin_nested():
-                reset_for_replay(session, event_id, registry=registry, settings=settings)
+                reset_for_replay(
+                    session,
+                    event_id,
+                    registry=registry,
+                    settings=settings,
+                    only_failed=only_failed,
+                )
         except ReplayError as exc:
             skipped[event_id] = exc.message
         else:

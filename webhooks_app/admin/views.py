@@ -256,7 +256,7 @@ def reveal_field(event_id: str) -> ResponseReturnValue:
 @login_required
 def replay_event(event_id: str) -> ResponseReturnValue:
     service = current_service()
-    handler = request.form.get("handler") or None
+    handler, scope = _replay_choice(request.form)
     try:
         with service.db.transaction() as session:
             done = replay.reset_for_replay(
@@ -265,6 +265,7 @@ def replay_event(event_id: str) -> ResponseReturnValue:
                 registry=service.registry,
                 settings=service.settings,
                 handler=handler,
+                only_failed=scope is replay.Scope.FAILED,
             )
             _record(session, "event.replay", event_id, handlers=list(done.handlers))
     except replay.ReplayError as exc:
@@ -272,6 +273,22 @@ def replay_event(event_id: str) -> ResponseReturnValue:
     service.relay.submit(event_id)
     flash(f"Replay queued: {', '.join(done.handlers)}.", "ok")
     return redirect(url_for("admin.event_detail", event_id=event_id))
+
+
+# The detail page's one select: "failed", "all", or "handler:<name>" (a prefix, so that no
+# handler name can be taken for a choice).
+HANDLER_CHOICE = "handler:"
+
+
+def _replay_choice(form: MultiDict[str, str]) -> tuple[str | None, replay.Scope]:
+    raw = form.get("handlers") or ""
+    if raw.startswith(HANDLER_CHOICE):
+        return raw[len(HANDLER_CHOICE) :] or None, replay.Scope.ALL
+    handler = form.get("handler") or None
+    try:
+        return handler, replay.parse_scope(raw)
+    except replay.ReplayError as exc:
+        raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param) from None
 
 
 @bp.post("/events/<event_id>/delete")
@@ -306,7 +323,7 @@ def bulk_replay() -> ResponseReturnValue:
                 limit=replay.BULK_REPLAY_LIMIT,
             )
         result = replay.replay_many(
-            session, ids, registry=service.registry, settings=service.settings
+            session, ids, registry=service.registry, settings=service.settings, only_failed=True
         )
         _record(
             session,
