@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Response, flash, redirect, render_template, request, url_for
+from flask import flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
 from webhooks_app import audit, masking, replay, store
-from webhooks_app.admin import bp
+from webhooks_app.admin import bp, presenting
 from webhooks_app.admin.auth import (
     check_credentials,
     end_session,
@@ -22,9 +22,12 @@ from webhooks_app.admin.auth import (
 )
 from webhooks_app.admin.forms import LoginForm
 from webhooks_app.admin.jsonhtml import highlight
+from webhooks_app.assisters import AssistersError
 from webhooks_app.errors import ApiError
+from webhooks_app.secretbox import SecretBoxError
 from webhooks_app.service import current_service
 from webhooks_app.store import EventFilter, EventRow, EventStatus
+from webhooks_app.subscriptions import SubscriptionError
 
 PAGE_SIZE = 50
 FILTER_FIELDS = ("type", "status", "since", "until", "q")
@@ -83,6 +86,7 @@ def _list_context(args: MultiDict[str, str]) -> tuple[dict[str, Any], int]:
         "statuses": [s.value for s in EventStatus],
         "types": sorted({h.event_type for h in service.registry.all()} - {"*"}),
         "events": [],
+        "summaries": {},
         "next_url": None,
         "error": None,
         "cursor": args.get("cursor") or None,
@@ -99,6 +103,7 @@ def _list_context(args: MultiDict[str, str]) -> tuple[dict[str, Any], int]:
             status = 400
         else:
             context["events"] = page.events
+            context["summaries"] = store.handler_summaries(session, [e.id for e in page.events])
             if page.next_cursor:
                 context["next_url"] = url_for("admin.events", **raw, cursor=page.next_cursor)
     context["count_cap"] = store.STATUS_COUNT_CAP
@@ -123,6 +128,7 @@ def _detail_context(
     service = current_service()
     rules = masking.MaskRules.parse(service.settings.pii_mask_fields)
     masked = masking.mask(row.payload, rules, keep=revealed)
+    attempts = store.attempts_for(session, row.id)
     return {
         "event": row,
         "payload_html": highlight(
@@ -134,7 +140,8 @@ def _detail_context(
         "masked_count": len(masked.pointers),
         "headers": masking.display_headers(row.headers),
         "states": store.handler_states_for(session, row.id),
-        "attempts": store.attempts_for(session, row.id),
+        "attempts": attempts,
+        "runs": presenting.group_by_run(attempts),
         "handlers": [h.name for h in service.registry.for_type(row.type)],
     }
 
@@ -144,6 +151,16 @@ def _utc(moment: datetime | None) -> str:
     if moment is None:
         return ""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+@bp.app_template_filter("ago")
+def _ago(moment: datetime | None) -> str:
+    return "" if moment is None else presenting.relative(moment, datetime.now(UTC))
+
+
+@bp.app_template_filter("iso")
+def _iso(moment: datetime | None) -> str:
+    return "" if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @bp.app_template_filter("duration")
@@ -380,12 +397,41 @@ def audit_log() -> ResponseReturnValue:
     )
 
 
-# SUBSCRIPTIONS (issue 3): this stub stands where the subscriptions page goes once that
-# feature is merged; its nav entry in base.html is commented out until then.
 @bp.get("/subscriptions")
 @login_required
-def subscriptions() -> Response:
-    return Response(render_template("admin/subscriptions.html"), status=501, mimetype="text/html")
+def subscriptions() -> ResponseReturnValue:
+    subs = current_service().subscriptions
+    return render_template(
+        "admin/subscriptions.html",
+        subscriptions=subs.list_stored(),
+        rotations=subs.rotations(open_only=True),
+        api_keys=subs.api_keys(),
+    )
+
+
+ROTATIONS = {"subscription": "rotate", "api_key": "rotate_api_key"}
+
+
+@bp.post("/subscriptions/rotate")
+@login_required
+def rotate_now() -> ResponseReturnValue:
+    """Start (or move on) a rotation, as `flask subscriptions rotate` / `keys rotate` would."""
+    service = current_service()
+    kind = request.form.get("kind") or "subscription"
+    if kind not in ROTATIONS:
+        raise ApiError(400, "kind must be subscription or api_key.", code="invalid_parameter")
+    try:
+        messages = getattr(service.subscriptions, ROTATIONS[kind])()
+    except (SubscriptionError, AssistersError, SecretBoxError) as exc:
+        with service.db.transaction() as session:
+            _record(session, f"{kind}.rotate_failed", None, error=str(exc))
+        flash(f"Rotation not started: {exc}", "error")
+    else:
+        with service.db.transaction() as session:
+            _record(session, f"{kind}.rotate", None, outcome=messages)
+        for message in messages:
+            flash(message, "ok")
+    return redirect(url_for("admin.subscriptions"))
 
 
 @bp.app_template_global("current_admin")
