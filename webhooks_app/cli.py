@@ -11,7 +11,7 @@ import orjson
 from flask import Flask
 from flask.cli import AppGroup
 
-from webhooks_app import audit, export, handoff, masking
+from webhooks_app import audit, export, masking, relay
 from webhooks_app.service import current_service
 from webhooks_app.store import EventFilter, EventStatus
 
@@ -67,7 +67,7 @@ events_cli = AppGroup("events", help="Stored events.")
 def events_sweep() -> None:
     """Hand every overdue event to the broker now (beat does this every few seconds)."""
     service = current_service()
-    count = handoff.sweep(service.db.sessions, service.publish, service.settings)
+    count = relay.sweep(service.db, service.publish, service.settings)
     click.echo(f"re-published {count} overdue events")
 
 

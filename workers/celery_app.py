@@ -13,15 +13,35 @@ os.environ.setdefault(
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from webhooks_app import create_app, metrics
+from webhooks_app.relay import RelayThread
 from webhooks_app.service import Service
 
 flask_app = create_app()
 celery: Celery = flask_app.extensions["celery"]
 app = celery
+
+
+class OutboxRelay(bootsteps.StartStopStep):
+    """Every worker runs the outbox relay (``webhooks_app.relay``) on a thread of its main
+    process, started and stopped with the worker; relays of several workers share the work."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        service: Service = flask_app.extensions["webhooks"]
+        self.relay = RelayThread(service.relay)
+
+    def start(self, parent: Any) -> None:
+        self.relay.start()
+
+    def stop(self, parent: Any) -> None:
+        self.relay.stop()
+
+
+celery.steps["worker"].add(OutboxRelay)
 
 
 @worker_process_init.connect

@@ -50,10 +50,10 @@ def test_rows_show_the_handler_summary_and_the_last_error(
     admin_client: FlaskClient, post_event: PostEvent, service: Service
 ) -> None:
     post_event("multi.step", {"id": "a", "fail_handler": "step_two"}, msg_id="msg_half")
-    service.dispatcher.process_event("msg_half")
-    service.dispatcher.process_event("msg_half")  # a second failure: the newer error shows
+    service.dispatcher.process_events(["msg_half"])
+    service.dispatcher.process_events(["msg_half"])  # a second failure: the newer error shows
     post_event("multi.step", {"id": "b"}, msg_id="msg_whole")
-    service.dispatcher.process_event("msg_whole")
+    service.dispatcher.process_events(["msg_whole"])
     post_event("chat.completion", {"id": "c"}, msg_id="msg_waiting")
 
     html = admin_client.get("/admin/events").get_data(as_text=True)
@@ -70,14 +70,14 @@ def test_rows_show_the_handler_summary_and_the_last_error(
         replay.reset_for_replay(
             session, "msg_half", registry=service.registry, settings=service.settings
         )
-    service.relay.flush()
+    service.relay.relay_once()
     with service.db.transaction() as session:
         from webhooks_app.store import EventRow
 
         row = session.get(EventRow, "msg_half")
         assert row is not None
         row.payload = {**row.payload, "data": {"id": "a"}}
-    service.dispatcher.process_event("msg_half")
+    service.dispatcher.process_events(["msg_half"])
     half = row_of(admin_client.get("/admin/events").get_data(as_text=True), "msg_half")
     assert "2/2 ok" in half
     assert "last-error" not in half
@@ -93,11 +93,11 @@ def test_the_list_costs_the_same_statements_for_3_or_30_events(
 
     for n in range(3):
         post_event("multi.step", {"id": f"s{n}", "fail_handler": "step_one"}, msg_id=f"m{n}")
-        service.dispatcher.process_event(f"m{n}")
+        service.dispatcher.process_events([f"m{n}"])
     few = statements_for_page()
     for n in range(3, 30):
         post_event("multi.step", {"id": f"s{n}", "fail_handler": "step_one"}, msg_id=f"m{n}")
-        service.dispatcher.process_event(f"m{n}")
+        service.dispatcher.process_events([f"m{n}"])
     html = admin_client.get("/admin/events").get_data(as_text=True)
     assert html.count("1/2 ok") == 30
     assert statements_for_page() == few
@@ -138,14 +138,14 @@ def test_attempts_are_grouped_by_run_and_repeated_tracebacks_collapsed(
         "model.failed", {"id": "m", "fail_handler": "alert", "fail_times": 4}, msg_id="msg_runs"
     )
     for _ in range(3):
-        service.dispatcher.process_event("msg_runs")  # run 1: three failures, dead
+        service.dispatcher.process_events(["msg_runs"])  # run 1: three failures, dead
     with service.db.transaction() as session:
         replay.reset_for_replay(
             session, "msg_runs", registry=service.registry, settings=service.settings
         )
-    service.relay.flush()
-    service.dispatcher.process_event("msg_runs")  # run 2: fails (attempt 4), then succeeds
-    service.dispatcher.process_event("msg_runs")
+    service.relay.relay_once()
+    service.dispatcher.process_events(["msg_runs"])  # run 2: fails (attempt 4), then succeeds
+    service.dispatcher.process_events(["msg_runs"])
 
     html = admin_client.get("/admin/events/msg_runs").get_data(as_text=True)
     runs = re.findall(r'<section class="run" data-run="(\d+)">(.*?)</section>', html, re.S)

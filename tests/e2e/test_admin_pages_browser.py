@@ -85,10 +85,17 @@ def api_event(base: str, event_id: str) -> dict[str, Any]:
 
 
 def no_sideways_scroll(page: Any) -> None:
+    page.wait_for_load_state("load")  # measured with the stylesheet applied
     overflow = page.evaluate(
         "document.documentElement.scrollWidth - document.documentElement.clientWidth"
     )
-    assert overflow <= 0, f"{page.url} scrolls sideways by {overflow}px at 390 px"
+    wide = page.evaluate(
+        """[...document.querySelectorAll('body *')]
+            .filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth)
+            .slice(0, 5)
+            .map(e => e.tagName + '.' + e.className + ': ' + e.textContent.slice(0, 60))"""
+    )
+    assert overflow <= 0, f"{page.url} scrolls sideways by {overflow}px at 390 px: {wide}"
 
 
 def test_the_finished_admin_pages_in_chromium(stack: tuple[str, dict[str, str]]) -> None:

@@ -133,7 +133,7 @@ def test_export_filters(app: Flask, service: Service, post_event: PostEvent) -> 
     for n in range(3):
         post_event("chat.completion", {"id": f"c{n}"}, msg_id=f"msg_c{n}")
     post_event("model.failed", {"id": "m"}, msg_id="msg_m")
-    service.dispatcher.process_event("msg_m")
+    service.dispatcher.process_events(["msg_m"])
 
     def ids(*args: str) -> list[str]:
         result = export(app, *args)
