@@ -35,6 +35,7 @@ accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG") else None
 errorlog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
+
 def on_starting(server):  # type: ignore[no-untyped-def]
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory:

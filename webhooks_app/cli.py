@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 import orjson
 from flask import Flask
 from flask.cli import AppGroup
 
-from webhooks_app import audit, export, masking, relay
+from webhooks_app import audit, export, masking, params, relay
 from webhooks_app.service import current_service
-from webhooks_app.store import EventFilter, EventStatus
+from webhooks_app.store import EventStatus
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -71,23 +70,11 @@ def events_sweep() -> None:
     click.echo(f"re-published {count} overdue events")
 
 
-def _moment(param: str) -> Callable[[click.Context, click.Parameter, str | None], Any]:
-    def convert(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
-        try:
-            return audit.parse_bound(value, param, end=param == "until")
-        except audit.RangeError as exc:
-            raise click.BadParameter(str(exc)) from None
-
-    return convert
-
-
 @events_cli.command("export")
 @click.option("--type", "event_type", help="Only events of this type.")
 @click.option("--status", type=click.Choice([s.value for s in EventStatus]), help="Only these.")
-@click.option(
-    "--since", callback=_moment("since"), help="Received at or after (YYYY-MM-DD or ISO 8601)."
-)
-@click.option("--until", callback=_moment("until"), help="Received before (a date counts whole).")
+@click.option("--since", help="Received at or after (YYYY-MM-DD, ISO 8601 or Unix seconds).")
+@click.option("--until", help="Received before (a date counts whole).")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many, newest first.")
 @click.option(
     "--unmasked",
@@ -104,8 +91,8 @@ def _moment(param: str) -> Callable[[click.Context, click.Parameter, str | None]
 def events_export(
     event_type: str | None,
     status: str | None,
-    since: Any,
-    until: Any,
+    since: str | None,
+    until: str | None,
     limit: int | None,
     unmasked: bool,
     output: str,
@@ -115,7 +102,11 @@ def events_export(
     webhooks_app.testing.load_events reads the file back: real traffic as test fixtures.
     """
     service = current_service()
-    filters = EventFilter(type=event_type, status=status, since=since, until=until)
+    given = {"type": event_type, "status": status, "since": since, "until": until}
+    try:
+        filters = params.event_filter({k: v for k, v in given.items() if v})
+    except params.ParamError as exc:
+        raise click.BadParameter(exc.message, param_hint=f"--{exc.param}") from None
     rules = None if unmasked else masking.MaskRules.parse(service.settings.pii_mask_fields)
     if unmasked:
         with service.db.transaction() as session:
@@ -123,13 +114,7 @@ def events_export(
                 session,
                 actor="cli",
                 action="events.export_unmasked",
-                details={
-                    "type": event_type,
-                    "status": status,
-                    "since": since.isoformat() if since else None,
-                    "until": until.isoformat() if until else None,
-                    "limit": limit,
-                },
+                details={**given, "limit": limit},
             )
     count = 0
     with click.open_file(output, "wb") as out:

@@ -94,6 +94,8 @@ class Settings:
     admin_username: str | None = None
     admin_password_hash: str | None = None  # Argon2id, PHC string format
     admin_login_limit: str = "5 per minute"
+    # Proxies in front that append to X-Forwarded-For; none: the headers are not believed.
+    trusted_proxies: int = 0
     # Dotted payload paths masked in the page and the API; a bare name matches at any depth.
     pii_mask_fields: tuple[str, ...] = DEFAULT_PII_MASK_FIELDS
     event_retention_days: int | None = None  # None: keep events forever
@@ -231,6 +233,7 @@ class Settings:
             admin_username=env.get("ADMIN_USERNAME", "").strip() or None,
             admin_password_hash=password_hash,
             admin_login_limit=login_limit,
+            trusted_proxies=integer("TRUSTED_PROXIES", defaults.trusted_proxies),
             pii_mask_fields=mask_fields,
             event_retention_days=retention,
             handoff_batch_size=integer("HANDOFF_BATCH_SIZE", 50, minimum=1),
