@@ -263,7 +263,9 @@ def test_audit_records_who_did_what(
 ) -> None:
     post_event(msg_id="msg_who")
     token = csrf_token(admin_client, "/admin/events")
-    admin_client.post("/api/events/msg_who/replay", headers={"X-CSRFToken": token})
+    admin_client.post(
+        "/api/events/msg_who/replay", json={"handlers": "all"}, headers={"X-CSRFToken": token}
+    )
     entries = admin_client.get("/api/audit", headers=auth_headers).get_json()["data"]
     assert (entries[0]["actor"], entries[0]["action"], entries[0]["target"]) == (
         ADMIN_USERNAME,
