@@ -128,6 +128,7 @@ def event_json(
         "status": row.status,
         "received_at": _iso(row.received_at),
         "data_id": row.data_id,
+        "differing_duplicates": row.differing_duplicates,
         "payload": payload,
         "masked_fields": list(masked),
     }

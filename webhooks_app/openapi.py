@@ -78,6 +78,10 @@ SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": [s.value for s in EventStatus]},
             "received_at": {"type": "string", "format": "date-time"},
             "data_id": NULLABLE_STRING,
+            "differing_duplicates": {
+                "type": "integer",
+                "description": "Deliveries of this id whose body differed (not stored).",
+            },
             "payload": {"type": "object", "description": 'Masked fields read "[masked]".'},
             "masked_fields": {
                 "type": "array",

@@ -298,3 +298,14 @@ def test_the_delivery_path_answers_every_method_itself_in_the_error_format(
     assert response.get_json()["error"]["code"] == "method_not_allowed"
     # One route for the path: the endpoint in front of Flask, none in Flask's URL map.
     assert not [rule for rule in app.url_map.iter_rules() if rule.rule == "/webhooks/events"]
+
+
+def test_differing_duplicates_are_shown_on_the_event(
+    post_event: PostEvent, admin_client: FlaskClient, auth_headers: dict[str, str]
+) -> None:
+    post_event(data={"id": "chat_2", "v": 1}, msg_id="msg_shown")
+    post_event(data={"id": "chat_2", "v": 2}, msg_id="msg_shown")
+    api = admin_client.get("/api/events/msg_shown", headers=auth_headers).get_json()
+    assert api["differing_duplicates"] == 1
+    page = admin_client.get("/admin/events/msg_shown").get_data(as_text=True)
+    assert "Differing duplicates" in page

@@ -1,0 +1,23 @@
+"""The database handle: errors never carry the values bound to a statement (they get logged)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+
+from webhooks_app.service import Service
+
+SECRET = "whsec_value_that_must_not_be_logged"
+
+
+def test_a_session_error_hides_its_parameters(service: Service) -> None:
+    with pytest.raises(sa_exc.DataError) as raised, service.db.transaction() as session:
+        session.execute(text("SELECT CAST(:v AS integer)"), {"v": SECRET})
+    assert SECRET not in str(raised.value)
+
+
+def test_an_autocommit_error_is_sqlalchemys_and_hides_its_parameters(service: Service) -> None:
+    with pytest.raises(sa_exc.DataError) as raised:
+        service.db.execute_autocommit("SELECT CAST(%(v)s AS integer)", {"v": SECRET})
+    assert SECRET not in str(raised.value)
