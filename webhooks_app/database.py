@@ -42,7 +42,7 @@ class Database:
         self._engine = make_engine(settings, pool_size=pool_size)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._autocommit = self._pipelined = None
-        if not settings.is_sqlite:
+        if not settings.database_url.startswith("sqlite"):
             # The intake's own pool, a connection per request thread: autocommit (a statement
             # is its own durable transaction: no BEGIN/COMMIT round trips) and no pre-ping round
             # trip; the intake retries once on a connection found dead instead.

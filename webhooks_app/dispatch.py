@@ -177,7 +177,7 @@ class Dispatcher:
         decides every case the same way. SQLite, one writer at a time, takes it for all.
         """
         ids = list(dict.fromkeys(event_ids))
-        if self._settings.is_sqlite:
+        if self._settings.database_url.startswith("sqlite"):
             return {event_id: self.process_event(event_id) for event_id in ids}
         outcomes = {event_id: Outcome() for event_id in ids}
         loaded, claims, unsettled = self._claim_batch(ids)

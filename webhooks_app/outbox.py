@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     # database.Plans).
     engine = (
         None
-        if service.settings.is_sqlite
+        if service.settings.database_url.startswith("sqlite")
         else make_engine(
             service.settings,
             pool_size=1,
