@@ -4,22 +4,24 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+# make run's bind: loopback only; HOST=0.0.0.0 opens it to the network (no login link then).
+HOST ?= 127.0.0.1
 
 .PHONY: install run test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
 install: $(BIN)/.installed
 
-# web (gunicorn) + worker (Celery) + beat (Celery beat). Without DATABASE_URL / REDIS_URL it
-# uses SQLite and a filesystem broker under ./instance: no server to install.
+# web (gunicorn) + worker (Celery) + beat (Celery beat) under honcho. Without DATABASE_URL /
+# REDIS_URL it starts an embedded PostgreSQL and uses a filesystem broker under ./instance: no
+# server to install (webhooks_app/devserver.py).
 run: install
-	$(BIN)/flask --app webhooks_app db upgrade
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --port $(PORT) web worker beat
+	$(BIN)/python -m webhooks_app.devserver --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest

@@ -6,6 +6,7 @@ the broker in batches (README, "How delivery is guaranteed"). Metrics of all wor
 up through files in ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary directory when unset).
 """
 
+import logging
 import multiprocessing
 import os
 import shutil
@@ -42,13 +43,33 @@ errorlog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 _relay: dict[str, object] = {}
+_metrics: dict[str, str] = {}
+
+
+class _ListeningAt(logging.Filter):
+    """With ``reuse_port`` each worker binds its own socket and the master holds none, so
+    gunicorn logs ``Listening at:  (pid)``: name the configured addresses instead."""
+
+    def __init__(self, addresses: str) -> None:
+        super().__init__()
+        self.addresses = addresses
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if str(record.msg).startswith("Listening at:") and isinstance(args, tuple) and args:
+            if not args[0]:
+                record.args = (self.addresses, *args[1:])
+        return True
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
+    addresses = ",".join(f"http://{address}" for address in server.cfg.bind)
+    server.log.error_log.addFilter(_ListeningAt(addresses))
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory:
         directory = tempfile.mkdtemp(prefix="webhooks-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        _metrics["created"] = directory  # ours: removed again in on_exit
     else:
         # Samples of a previous run's dead processes would be added to this run's.
         shutil.rmtree(directory, ignore_errors=True)
@@ -104,6 +125,9 @@ def _supervise_relay(server):  # type: ignore[no-untyped-def]
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]
+    created = _metrics.get("created")
+    if created:
+        shutil.rmtree(created, ignore_errors=True)
     stopping = _relay.get("stopping")
     if stopping is not None:
         stopping.set()

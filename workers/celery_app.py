@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Metrics of the prefork pool's processes are added up through files in this directory; it
-# must be set before prometheus_client is imported (through webhooks_app).
-os.environ.setdefault(
-    "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="webhooks-worker-metrics-")
-)
+# must be set before prometheus_client is imported (through webhooks_app). One made here is
+# removed when the process that made it exits (pool children leave through os._exit).
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _metrics_dir = tempfile.mkdtemp(prefix="webhooks-worker-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+    _creator = os.getpid()
+    atexit.register(
+        lambda: os.getpid() == _creator and shutil.rmtree(_metrics_dir, ignore_errors=True)
+    )
 
 from typing import Any
 
