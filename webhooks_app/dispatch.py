@@ -488,7 +488,7 @@ class Dispatcher:
                     )
                 )
             except Exception as exc:
-                log.warning("handler failed: %r", exc)
+                log.warning("handler failed: %r", exc, exc_info=exc)
                 error = exc
             finally:
                 self.leases.release(event.id, claim.handler.name)

@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -80,13 +80,23 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
 
 
 class _Stderr:
-    """Whatever ``sys.stderr`` is at the time of writing (test capture, a redirected stream)."""
+    """Whatever ``sys.stderr`` is at the time of writing (test capture, a redirected stream),
+    except a stream that logs what it is given: Celery's ``LoggingProxy`` (its
+    ``worker_redirect_stdouts``) would send each line back into logging, and its recursion
+    guard drops it. The process's real stderr then."""
+
+    @staticmethod
+    def _stream() -> TextIO:
+        stream = sys.stderr
+        if stream is None or isinstance(stream, logging.Logger) or hasattr(stream, "logger"):
+            return sys.__stderr__ or sys.stdout
+        return stream
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        return self._stream().write(text)
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        self._stream().flush()
 
 
 @contextmanager

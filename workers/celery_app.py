@@ -21,14 +21,29 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
 from webhooks_app import create_app, metrics
+from webhooks_app.logs import configure_logging
 from webhooks_app.service import Service
 
 flask_app = create_app()
 celery: Celery = flask_app.extensions["celery"]
 app = celery
+
+
+@setup_logging.connect
+def _keep_our_logging(**_: Any) -> None:
+    """Celery's worker, beat and pool processes log through the service's handler (JSON or
+    console, on stderr). With a receiver here Celery installs no handler of its own and does not
+    swap sys.stdout/sys.stderr for its LoggingProxy, which dropped the handlers' log lines."""
+    settings = flask_app.extensions["webhooks"].settings
+    configure_logging(settings.log_level, settings.log_format)
 
 
 @worker_process_init.connect
