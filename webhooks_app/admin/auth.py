@@ -33,7 +33,9 @@ _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
 
 
 def _fingerprint(settings: Settings) -> str:
-    return hashlib.sha256((settings.admin_password_hash or "").encode()).hexdigest()[:16]
+    # The login link's token stands for the password: a new `make run` ends older sessions.
+    credential = settings.admin_password_hash or settings.admin_login_token or ""
+    return hashlib.sha256(credential.encode()).hexdigest()[:16]
 
 
 def check_credentials(settings: Settings, username: str, password: str) -> bool:
@@ -63,7 +65,7 @@ def session_admin() -> str | None:
     """The logged-in admin's name, or None."""
     settings = current_service().settings
     name = session.get("admin")
-    if not settings.admin_login_enabled or name != settings.admin_username:
+    if not settings.admin_login_enabled or name != settings.admin_name:
         return None
     if session.get("pw") != _fingerprint(settings):
         return None
