@@ -56,9 +56,9 @@ class _ListeningAt(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if str(record.msg).startswith("Listening at:") and isinstance(args, tuple) and args:
-            if not args[0]:
-                record.args = (self.addresses, *args[1:])
+        listening = str(record.msg).startswith("Listening at:")
+        if listening and isinstance(args, tuple) and args and not args[0]:
+            record.args = (self.addresses, *args[1:])
         return True
 
 

@@ -70,7 +70,7 @@ def instance_secret_key(instance_dir: Path) -> str:
 
 # The operator's name in a session opened by `make run`'s one-time login link.
 LOCAL_ADMIN = "local"
-ADMIN_LOGIN_TOKEN_ENV = "WEBHOOKS_ADMIN_LOGIN_TOKEN"
+ADMIN_LOGIN_TOKEN_ENV = "WEBHOOKS_ADMIN_LOGIN_TOKEN"  # noqa: S105 - a variable name
 DEFAULT_PII_MASK_FIELDS = ("email", "phone", "content", "input", "arguments")
 
 

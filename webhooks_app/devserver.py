@@ -18,6 +18,7 @@ import ipaddress
 import os
 import secrets
 import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -180,7 +181,38 @@ def run(
             say("PostgreSQL (embedded) stopped")
 
 
+def run_command(env: Mapping[str, str], command: list[str]) -> int:
+    """Run one command on the same database as ``make run`` (``make subscriptions ...``): the
+    embedded server is joined if it runs, started for the command's length if not."""
+    child_env = dict(env)
+    instance_dir = default_instance_dir(child_env)
+    child_env["INSTANCE_DIR"] = str(instance_dir)
+    server: embedded.EmbeddedServer | None = None
+    if not child_env.get("DATABASE_URL", "").strip():
+        try:
+            server = embedded.start(instance_dir)
+        except embedded.EmbeddedUnavailable as exc:
+            print(exc, file=sys.stderr, flush=True)
+            return 1
+        child_env["DATABASE_URL"] = server.url
+    try:
+        migrate(child_env["DATABASE_URL"])
+        return subprocess.run(command, env=child_env, check=False).returncode  # noqa: S603
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if server is not None:
+            server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["exec"]:
+        command = argv[2:] if argv[1:2] == ["--"] else argv[1:]
+        if not command:
+            print("usage: python -m webhooks_app.devserver exec -- COMMAND ...", file=sys.stderr)
+            return 2
+        return run_command(os.environ, command)
     parser = argparse.ArgumentParser(prog="python -m webhooks_app.devserver", description=__doc__)
     parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))

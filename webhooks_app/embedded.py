@@ -31,7 +31,8 @@ class EmbeddedUnavailable(RuntimeError):
 def unavailable_message() -> str:
     return (
         f"No embedded PostgreSQL wheel for this platform ({platform.system()} "
-        f"{platform.machine()}): set DATABASE_URL to a PostgreSQL server, or run `docker compose up`."
+        f"{platform.machine()}): set DATABASE_URL to a PostgreSQL server, "
+        "or run `docker compose up`."
     )
 
 
@@ -43,11 +44,11 @@ class EmbeddedServer:
 
     def stop(self) -> None:
         """Let go of the server: stopped here unless another launcher still holds it."""
-        url_file = self.pgdata.parent / URL_FILENAME
-        with contextlib.suppress(FileNotFoundError):
-            if url_file.read_text().strip() == self.url:
-                url_file.unlink()
         self._handle.cleanup()
+        if not (self.pgdata / "postmaster.pid").exists():
+            # Stopped for good (no other holder): side commands must not find a stale URL.
+            with contextlib.suppress(FileNotFoundError):
+                (self.pgdata.parent / URL_FILENAME).unlink()
 
 
 def sqlalchemy_url(socket_dir: Path, user: str = "postgres", database: str = "postgres") -> str:

@@ -17,7 +17,8 @@ _PAGE = """<!doctype html>
 <ul>
 <li><code>POST /webhooks/events</code>: where the Assisters API delivers events (signed).</li>
 <li><code>GET /healthz</code>, <code>GET /readyz</code>: liveness and readiness.</li>
-<li><code>/api/events</code>: the events API (<code>Authorization: Bearer $ADMIN_API_TOKEN</code>).</li>
+<li><code>/api/events</code>: the events API
+(<code>Authorization: Bearer $ADMIN_API_TOKEN</code>).</li>
 <li><code>/admin</code>: the admin page, once <code>ADMIN_USERNAME</code> and
 <code>ADMIN_PASSWORD_HASH</code> are set.</li>
 <li><code>GET /metrics</code>: Prometheus metrics (<code>METRICS_TOKEN</code>).</li>

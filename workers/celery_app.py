@@ -14,9 +14,12 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _metrics_dir = tempfile.mkdtemp(prefix="webhooks-worker-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
     _creator = os.getpid()
-    atexit.register(
-        lambda: os.getpid() == _creator and shutil.rmtree(_metrics_dir, ignore_errors=True)
-    )
+
+    @atexit.register
+    def _remove_metrics_dir() -> None:
+        if os.getpid() == _creator:
+            shutil.rmtree(_metrics_dir, ignore_errors=True)
+
 
 from typing import Any
 

@@ -31,12 +31,14 @@ def test_the_printed_link_signs_in_and_a_wrong_token_does_not(link_app: Flask) -
     client = link_app.test_client()
     assert client.get("/admin/events").status_code == 302  # to the login page
     page = client.get("/admin/login").get_data(as_text=True)
-    assert "make run" in page and 'name="password"' not in page
+    assert "make run" in page
+    assert 'name="password"' not in page
     wrong = client.get("/admin/login?token=guess")
     assert wrong.status_code == 401
     assert client.get("/admin/events").status_code == 302
     right = client.get(f"/admin/login?token={TOKEN}")
-    assert right.status_code == 302 and right.headers["Location"].endswith("/admin/events")
+    assert right.status_code == 302
+    assert right.headers["Location"].endswith("/admin/events")
     assert client.get("/admin/events").status_code == 200
     service: Service = link_app.extensions["webhooks"]
     with service.db.transaction() as session:
@@ -72,7 +74,8 @@ def test_no_link_without_a_token_and_the_token_is_no_password(
 
 def test_root_redirects_to_the_admin_page_when_it_is_on(link_app: Flask) -> None:
     answer = link_app.test_client().get("/")
-    assert answer.status_code == 302 and answer.headers["Location"].endswith("/admin/")
+    assert answer.status_code == 302
+    assert answer.headers["Location"].endswith("/admin/")
 
 
 def test_root_names_the_endpoints_when_the_admin_is_off(settings: Settings) -> None:
@@ -83,4 +86,5 @@ def test_root_names_the_endpoints_when_the_admin_is_off(settings: Settings) -> N
         app.extensions["webhooks"].db.dispose()
     assert answer.status_code == 200
     page = answer.get_data(as_text=True)
-    assert "/webhooks/events" in page and "ADMIN_USERNAME" in page
+    assert "/webhooks/events" in page
+    assert "ADMIN_USERNAME" in page

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN
-from tests.support.processes import fresh_copy, free_port, wait_until
+from tests.support.processes import free_port, fresh_copy, wait_until
 from tests.support.signing import TEST_SECRET, delivery
 
 pytestmark = pytest.mark.e2e
@@ -94,7 +94,8 @@ def test_make_run_on_a_fresh_copy_with_no_server(outside_pytest_tmp: Path) -> No
         assert f"Listening at: http://127.0.0.1:{port}" in first.output()
         with httpx.Client(follow_redirects=True, timeout=10) as browser:
             page = browser.get(link)
-            assert page.status_code == 200 and str(page.url) == f"{base}/admin/events"
+            assert page.status_code == 200
+            assert str(page.url) == f"{base}/admin/events"
         body, headers = delivery(data={"id": "chat_embedded"}, msg_id="msg_embedded")
         response = httpx.post(f"{base}/webhooks/events", content=body, headers=headers, timeout=10)
         assert response.json() == {"id": "msg_embedded", "status": "accepted"}

@@ -96,9 +96,9 @@ def test_handler_lines_attempt_lines_and_tracebacks_reach_the_workers_stderr(
     if log_format == "json":
         lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
         said = [line for line in lines if line.get("event") == f"shout saw {event_id}"]
-        assert (
-            said and said[0]["event_id"] == event_id and said[0]["handler"] == "loud_handlers.shout"
-        )
+        assert said, text[-3000:]
+        assert said[0]["event_id"] == event_id
+        assert said[0]["handler"] == "loud_handlers.shout"
         attempts = [line for line in lines if line.get("event") == "handler attempt recorded"]
         assert any(
             a["event_id"] == event_id
@@ -107,7 +107,8 @@ def test_handler_lines_attempt_lines_and_tracebacks_reach_the_workers_stderr(
             for a in attempts
         ), text[-3000:]
         failed = [line for line in lines if line.get("event", "").startswith("handler failed")]
-        assert failed and needle in failed[0]["exception"]
+        assert failed
+        assert needle in failed[0]["exception"]
     else:
         assert "handler attempt recorded" in text
         assert "Traceback (most recent call last)" in text
