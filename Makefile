@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 # make run's bind: loopback only; HOST=0.0.0.0 opens it to the network (no login link then).
 HOST ?= 127.0.0.1
+EMULATOR_PORT ?= 8090
 
 .PHONY: install run demo test lint bench clean env hash-password subscriptions flask
 
@@ -25,7 +26,7 @@ run: install
 
 # The emulator + the service + one chat.completion and one model.failed (webhooks_app/demo.py).
 demo: install
-	$(BIN)/python -m webhooks_app.demo --port $(PORT)
+	$(BIN)/python -m webhooks_app.demo --port $(PORT) --emulator-port $(EMULATOR_PORT)
 
 # Commands on make run's database (the embedded PostgreSQL is joined, or started for the
 # command): make subscriptions ARGS="register --url https://..."; make flask ARGS="db current".

@@ -133,7 +133,7 @@ def run(
     port: int,
     *,
     extra: Mapping[str, str] | None = None,
-    on_ready: Callable[[str, str | None], None] | None = None,
+    on_ready: Callable[[str, str | None, Mapping[str, str]], None] | None = None,
 ) -> int:
     """Start everything, block until stopped; ``extra`` adds processes (``make demo``)."""
     from honcho.manager import Manager
@@ -165,7 +165,7 @@ def run(
         def ready() -> None:
             announce(base, token, stopping, say)
             if on_ready is not None and wait_ready(base, stopping):
-                on_ready(base, token)
+                on_ready(base, token, child_env)
 
         threading.Thread(target=ready, daemon=True, name="ready").start()
         try:

@@ -67,6 +67,10 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler._webhooks_handler = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    # httpx logs every request at INFO: noise in the CLIs' output and the workers' logs. Its
+    # failures still reach us as exceptions, which the callers report.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,

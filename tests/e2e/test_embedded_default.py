@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,7 +26,15 @@ VENV = Path(sys.executable).parent.parent
 
 
 class MakeRun:
-    def __init__(self, clone: Path, port: int, log: Path) -> None:
+    def __init__(
+        self,
+        clone: Path,
+        port: int,
+        log: Path,
+        target: str = "run",
+        *args: str,
+        handlers: str = "tests.support.handlers",
+    ) -> None:
         env = {
             key: value
             for key, value in os.environ.items()
@@ -37,7 +42,7 @@ class MakeRun:
         }
         env.update(
             WEBHOOK_SECRETS=TEST_SECRET,
-            HANDLERS_MODULE="tests.support.handlers",
+            HANDLERS_MODULE=handlers,
             ADMIN_API_TOKEN=ADMIN_TOKEN,
             WEB_CONCURRENCY="1",
         )
@@ -45,7 +50,15 @@ class MakeRun:
         with log.open("ab") as out:
             # -o: the venv is this one, already installed; make must not reinstall it.
             self.popen = subprocess.Popen(
-                ["make", "-o", f"{VENV}/bin/.installed", "run", f"VENV={VENV}", f"PORT={port}"],
+                [
+                    "make",
+                    "-o",
+                    f"{VENV}/bin/.installed",
+                    target,
+                    f"VENV={VENV}",
+                    f"PORT={port}",
+                    *args,
+                ],
                 cwd=clone,
                 env=env,
                 stdout=out,
@@ -64,15 +77,6 @@ class MakeRun:
         """Ctrl-C: SIGINT to the terminal's foreground group (make and the launcher)."""
         os.killpg(self.popen.pid, signal.SIGINT)
         return self.popen.wait(60)
-
-
-@pytest.fixture
-def outside_pytest_tmp() -> Iterator[Path]:
-    """As root the wheel runs PostgreSQL as its own system user, which must traverse the path
-    to its data; pytest keeps /tmp/pytest-of-root private (0700) and resets it each session."""
-    path = Path(tempfile.mkdtemp(prefix="webhooks-make-run-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_make_run_on_a_fresh_copy_with_no_server(outside_pytest_tmp: Path) -> None:
