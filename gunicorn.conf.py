@@ -1,20 +1,14 @@
 """gunicorn settings, read from the environment as PaaS set it ($PORT, $WEB_CONCURRENCY).
 
-Beside the web workers, the master runs the outbox relay process (``webhooks_app.outbox``): the
-workers only commit each event and wake the relay through a pipe, and the relay hands events to
-the broker in batches (README, "How delivery is guaranteed"). Metrics of all workers are added
-up through files in ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary directory when unset).
+Metrics of all workers are added up through files in ``PROMETHEUS_MULTIPROC_DIR`` (a fresh
+temporary directory when unset).
 """
 
 import logging
 import multiprocessing
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
-import time
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # One process per core: the threads below cover the waits. Twice as many processes only added
@@ -42,7 +36,6 @@ accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG") else None
 errorlog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
-_relay: dict[str, object] = {}
 _metrics: dict[str, str] = {}
 
 
@@ -76,68 +69,10 @@ def on_starting(server):  # type: ignore[no-untyped-def]
         os.makedirs(directory, exist_ok=True)
 
 
-def when_ready(server):  # type: ignore[no-untyped-def]
-    """Start the outbox relay (before the workers are forked, so they inherit the pipe)."""
-    if not str(getattr(server.app, "app_uri", "")).startswith("webhooks_app"):
-        return  # another app served with this configuration (the benchmark's bare endpoint)
-    if os.environ.get("WEBHOOKS_RELAY", "process") != "process":
-        return  # WEBHOOKS_RELAY=thread: each worker hands off from a thread of its own
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
-    os.set_inheritable(write_fd, True)
-    os.environ["WEBHOOKS_RELAY_WAKEUP_FD"] = str(write_fd)
-    _relay["read_fd"] = read_fd
-    _relay["stopping"] = threading.Event()
-    _spawn_relay(server)
-    threading.Thread(target=_supervise_relay, args=(server,), daemon=True).start()
-
-
-def _spawn_relay(server):  # type: ignore[no-untyped-def]
-    read_fd = _relay["read_fd"]
-    process = subprocess.Popen(  # noqa: S603 - our own module, no shell
-        [sys.executable, "-m", "webhooks_app.outbox", str(read_fd)],
-        pass_fds=(read_fd,),
-    )
-    _relay["process"] = process
-    server.log.info("outbox relay started (pid %s)", process.pid)
-
-
-def _supervise_relay(server):  # type: ignore[no-untyped-def]
-    # The master reaps every child (waitpid(-1)), so poll for the pid instead of waiting on it.
-    stopping = _relay["stopping"]
-    while not stopping.wait(1.0):
-        process = _relay["process"]
-        try:
-            os.kill(process.pid, 0)
-            with open(f"/proc/{process.pid}/stat") as stat:
-                if stat.read().split(") ", 1)[1][0] != "Z":
-                    continue
-        except (ProcessLookupError, FileNotFoundError):
-            pass
-        except OSError:
-            continue
-        if stopping.is_set():
-            return
-        server.log.warning("outbox relay exited; restarting it")
-        process.returncode = -1  # reaped by the master; keep Popen from waiting on it
-        time.sleep(1.0)
-        _spawn_relay(server)
-
-
 def on_exit(server):  # type: ignore[no-untyped-def]
     created = _metrics.get("created")
     if created:
         shutil.rmtree(created, ignore_errors=True)
-    stopping = _relay.get("stopping")
-    if stopping is not None:
-        stopping.set()
-    process = _relay.get("process")
-    if process is not None and process.returncode is None:
-        try:
-            process.terminate()
-            process.wait(10)
-        except Exception as exc:  # already reaped by the master: it stops with its parent
-            server.log.info("outbox relay: %s", exc)
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]

@@ -1,4 +1,7 @@
-"""``python -m bench``: run the benchmark, print the table, write bench/results/<date>.json."""
+"""``python -m bench``: run the benchmark, print the table, write bench/results/<date>.json.
+
+With ``--against REV`` it also runs REV's tree (checked out in a git worktree), alternating with
+this one round by round in the same run, and ends with the two side by side."""
 
 from __future__ import annotations
 
@@ -6,7 +9,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.run import Bench, BenchmarkFailure, Options, git_revision, table, write_results
+from bench import stack
+from bench.run import (
+    Bench,
+    BenchmarkFailure,
+    Options,
+    Report,
+    git_revision,
+    side_by_side,
+    table,
+    write_results,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -30,7 +43,19 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--smoke", action="store_true", help="a few seconds of everything (CI): no figures"
     )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        default=None,
+        help="also run REV's tree (a commit, branch or tag), alternating with this one round by"
+        " round, same options; the JSON gains 'against' (REV's phases) and the comparison",
+    )
     args = parser.parse_args(argv)
+    if args.against is not None:
+        try:
+            stack.resolve_revision(args.against)
+        except ValueError as exc:
+            parser.error(str(exc))
     options = Options(
         duration=args.duration,
         connections=args.connections,
@@ -40,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         rounds=args.rounds,
         round_duration=args.round_duration,
         output=args.output,
+        against=args.against,
     )
     if args.smoke:
         options.duration, options.warmup, options.burst = 1.0, 0.2, min(args.burst, 200)
@@ -58,7 +84,21 @@ def main(argv: list[str] | None = None) -> int:
         write_results(bench.report, options.output)
         return 1
     report.machine["revision"] = git_revision()
-    print(table(report))
+    if report.against is None:
+        print(table(report))
+    else:
+        against = report.against
+        other = Report(
+            report.started_at,
+            report.machine,
+            report.options,
+            against["phases"],
+            against["ratios"],
+            against["checks"],
+        )
+        print(f"current tree ({report.machine['revision']})\n{table(report)}\n")
+        print(f"against {against['revision']}\n{table(other)}\n")
+        print(side_by_side(report))
     path = write_results(report, options.output)
     print(f"\nwritten to {path}")
     return 0

@@ -14,11 +14,11 @@ from webhooks_app.extensions import celery_config
 NOOP_QUEUE = "bench-noop"
 NOOP_TASK = "bench.noop"
 
-_config = celery_config(Settings.from_env())
-_config.update(task_default_queue=NOOP_QUEUE, include=[], beat_schedule={})
+CONFIG = celery_config(Settings.from_env())
+CONFIG.update(task_default_queue=NOOP_QUEUE, include=[], beat_schedule={})
 
 app = Celery("bench-noop")
-app.config_from_object(_config)
+app.config_from_object(CONFIG)
 
 
 @app.task(name=NOOP_TASK)

@@ -8,16 +8,22 @@ Phases, all in one run, on one machine, with the same gunicorn and Celery settin
 3. **handlers**: a worker starts on the backlog the intake phase left; events/s from the
    stored attempt timestamps.
 4. **celery no-op**: as many no-op tasks on the same broker, same worker settings; tasks/s.
-5. **e2e**: workers running, a fixed rate of half the measured intake rate; end-to-end latency
-   from request sent to the last handler's ``finished_at``.
+5. **e2e**: workers running, a fixed rate of half the measured intake rate, in ``rounds`` rounds
+   each drained before the next; end-to-end latency from request sent to the last handler's
+   ``finished_at``, and the CPU every part of the pipeline spent per event.
 6. **burst** (optional): N events as fast as possible; how long until the backlog is drained.
 
 Finally every accepted event must have ended ``succeeded`` with exactly one (successful) attempt
 of its handler; otherwise the run fails loudly.
+
+With ``--against REV`` every phase runs for both trees (each on its own database and Redis
+database), alternating: in each intake and e2e round both sides run, the first one changing from
+round to round; e2e runs both at this tree's rate. One bare server serves both sides' bare rounds.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -26,12 +32,14 @@ import statistics
 import subprocess
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import redis
+from celery import Celery
 from sqlalchemy import create_engine, text
 
 from bench import loadgen, stack
@@ -58,6 +66,8 @@ class Options:
     drain_timeout: float = 300.0
     output: Path | None = None
     smoke: bool = False
+    # Another revision run side by side with this tree, round by round (``--against``).
+    against: str | None = None
 
 
 class BenchmarkFailure(RuntimeError):
@@ -72,6 +82,9 @@ class Report:
     phases: dict[str, dict[str, Any]] = field(default_factory=dict)
     ratios: dict[str, float] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
+    # With --against REV: {"revision", "phases", "ratios", "checks"} of REV, in the shape of the
+    # fields above, and "comparison" (see ``compare``).
+    against: dict[str, Any] | None = None
 
 
 def machine_info() -> dict[str, Any]:
@@ -194,6 +207,88 @@ def _cpu_spent(
     }
 
 
+CURRENT, AGAINST = "current", "against"
+# The parts of the pipeline whose CPU is the end-to-end cost of an event (not the load generator).
+PIPELINE = ("web", "relay", "worker", "postgres")
+# A queue no one sends to: a worker consuming it runs its bootsteps (a tree's relay) but no task.
+RELAY_ONLY_QUEUE = "bench-relay-only"
+
+
+@dataclass
+class Side:
+    """One source tree under test: its processes, its own database and Redis database, and what
+    was measured of it (``phases``, ``ratios`` and ``checks`` are the report's own dicts)."""
+
+    name: str
+    tree: Path
+    revision: str
+    log_dir: Path
+    phases: dict[str, dict[str, Any]]
+    ratios: dict[str, Any]
+    checks: dict[str, Any]
+    database_url: str = ""
+    redis_url: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    engine: Any = None
+    port: int = 0
+    web: stack.Process | None = None
+    # Where a tree runs its relay inside the Celery worker: a worker that runs no task, so that
+    # the intake phase includes handing events to the broker, as the relay under gunicorn does.
+    relay_worker: stack.Process | None = None
+    worker: stack.Process | None = None
+    accepted: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.revision})"
+
+    def servers(self) -> list[stack.Process]:
+        """What serves the intake: gunicorn and, where there is one, the relay-only worker."""
+        assert self.web is not None
+        return [self.web] + ([self.relay_worker] if self.relay_worker else [])
+
+
+def _order(sides: list[Side], round_: int) -> list[Side]:
+    """Which side goes first alternates from round to round."""
+    return sides if round_ % 2 == 0 else sides[::-1]
+
+
+def _pipeline_cpu(side: Side) -> dict[str, dict[int, float]]:
+    """CPU seconds used so far by each process of each part of a side's pipeline: every process
+    under its gunicorn and its Celery worker, and the PostgreSQL backends of its database."""
+    assert side.web is not None
+    assert side.worker is not None
+    relay = stack.relay_processes(side.web)
+    parts = {
+        "web": [p for p in side.web.pids() if p not in relay],
+        "relay": relay,  # none where the relay is a thread of the worker: counted there
+        "worker": side.worker.pids(),
+        "postgres": _backend_pids(side.engine),
+    }
+    return {part: {p: stack.cpu_seconds([p]) for p in pids} for part, pids in parts.items()}
+
+
+def _ratios(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    intake_rps = phases["intake"]["requests_per_second"]
+    bare_rps = phases["bare"]["requests_per_second"]
+    noop_rate = phases["celery_noop"]["tasks_per_second"]
+    paired = [
+        i["requests_per_second"] / b["requests_per_second"]
+        for i, b in zip(phases["intake"]["rounds"], phases["bare"]["rounds"], strict=True)
+        if b["requests_per_second"]
+    ]
+    return {
+        "intake_vs_bare": round(intake_rps / bare_rps, 3) if bare_rps else 0.0,
+        # Each intake round against the bare round just before it: the rounds alternate so
+        # that both see the same machine; this median is the figure least moved by its drift.
+        "intake_vs_bare_per_round": [round(r, 3) for r in paired],
+        "intake_vs_bare_paired_median": round(statistics.median(paired), 3) if paired else 0.0,
+        "handlers_vs_celery_noop": round(phases["handlers"]["events_per_second"] / noop_rate, 3)
+        if noop_rate
+        else 0.0,
+    }
+
+
 class Bench:
     def __init__(self, options: Options) -> None:
         self.o = options
@@ -204,23 +299,24 @@ class Bench:
             options={k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
         )
         self.secret = generate_hmac_secret()
-        self.accepted: list[str] = []
         self.processes: list[stack.Process] = []
+        self.sides: list[Side] = []
 
     # --- plumbing -------------------------------------------------------------------------
 
-    def _env(self, database_url: str, redis_url: str) -> dict[str, str]:
+    def _env(self, side: Side) -> dict[str, str]:
         return {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
+            "DATABASE_URL": side.database_url,
+            "REDIS_URL": side.redis_url,
             "WEBHOOK_SECRETS": self.secret,
             "HANDLERS_MODULE": "bench.handlers",
-            "INSTANCE_DIR": str(self.log_dir / "instance"),
+            "INSTANCE_DIR": str(side.log_dir / "instance"),
             "SECRET_KEY": "bench",
             "WEB_CONCURRENCY": str(self.o.web_concurrency),
             "PYTHONUNBUFFERED": "1",
             "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-            "PROMETHEUS_MULTIPROC_DIR": str(self.log_dir / "prometheus"),
+            "PROMETHEUS_MULTIPROC_DIR": str(side.log_dir / "prometheus"),
+            **stack.tree_env(side.tree),
         }
 
     def _load(
@@ -240,11 +336,11 @@ class Bench:
         return result, time.process_time() - cpu_before
 
     def _measured(
-        self, port: int, server: stack.Process, engine: Any
+        self, port: int, servers: list[stack.Process], engine: Any
     ) -> tuple[loadgen.LoadResult, dict[str, Any]]:
         """One closed-loop round, with the CPU it cost the server, PostgreSQL and the client."""
-        server_pids = server.pids()
-        serving = stack.request_workers(server)
+        server_pids = [pid for server in servers for pid in server.pids()]
+        serving = stack.request_workers(servers[0])
         pg_pids = _backend_pids(engine)
         server_before = stack.cpu_seconds(server_pids)
         serving_before = [stack.cpu_seconds([pid]) for pid in serving]
@@ -276,139 +372,248 @@ class Bench:
 
     def run(self) -> Report:
         try:
-            with (
-                stack.temporary_database() as database_url,
-                stack.private_redis(self.log_dir) as redis_url,
-            ):
-                env = self._env(database_url, redis_url)
-                Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
-                engine = create_engine(database_url)
-                try:
-                    self._phases(env, engine, redis_url)
-                finally:
-                    for process in reversed(self.processes):
-                        process.stop()
-                    engine.dispose()
+            with ExitStack() as resources:
+                trees = [(CURRENT, stack.ROOT, git_revision())]
+                if self.o.against:
+                    commit = stack.resolve_revision(self.o.against)
+                    tree = resources.enter_context(stack.revision_tree(commit))
+                    trees.append((AGAINST, tree, commit[:7]))
+                redis_url = resources.enter_context(stack.private_redis(self.log_dir))
+                for number, (name, tree, revision) in enumerate(trees):
+                    self.sides.append(
+                        self._side(resources, name, tree, revision, redis_url, number)
+                    )
+                # Registered last, so run first: no process outlives its database.
+                resources.callback(self._stop_processes)
+                self._phases()
         except BaseException:
             print(f"(process logs kept in {self.log_dir})")
             raise
         return self.report
 
-    def _phases(self, env: dict[str, str], engine: Any, redis_url: str) -> None:
-        o = self.o
-        phases = self.report.phases
+    def _side(
+        self,
+        resources: ExitStack,
+        name: str,
+        tree: Path,
+        revision: str,
+        redis_url: str,
+        number: int,
+    ) -> Side:
+        """A side with its own fresh database (migrated by its tree) and Redis database."""
+        if name == CURRENT:
+            phases, ratios, checks = self.report.phases, self.report.ratios, self.report.checks
+        else:
+            phases, ratios, checks = {}, {}, {}
+            self.report.against = {
+                "revision": revision,
+                "phases": phases,
+                "ratios": ratios,
+                "checks": checks,
+            }
+        side = Side(name, tree, revision, self.log_dir / name, phases, ratios, checks)
+        side.redis_url = f"{redis_url.rsplit('/', 1)[0]}/{number}"
+        Path(self._env(side)["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True)
+        side.database_url = resources.enter_context(stack.temporary_database(tree, self._env(side)))
+        side.env = self._env(side)
+        stack.check_tree(tree, side.env)
+        side.engine = create_engine(side.database_url)
+        resources.callback(side.engine.dispose)
+        return side
 
-        # 1 + 2. bare Flask and intake (no worker consuming yet), both servers up, measured in
-        # alternating rounds so that a change of machine load hits both alike.
-        bare_port, port = stack.free_port(), stack.free_port()
+    def _stop_processes(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    def _phases(self) -> None:
+        o, sides = self.o, self.sides
+
+        # 1 + 2. bare Flask and each side's intake (no worker consuming yet), all servers up,
+        # measured in alternating rounds so that a change of machine load hits them alike.
+        bare_port = stack.free_port()
         bare = self._start(
-            stack.gunicorn("bench.bare_app:app", env, bare_port, self.log_dir, "bare")
+            stack.gunicorn("bench.bare_app:app", sides[0].env, bare_port, self.log_dir, "bare")
         )
-        web = self._start(stack.gunicorn("webhooks_app.wsgi:app", env, port, self.log_dir, "web"))
+        for side in sides:
+            side.port = stack.free_port()
+            side.web = self._start(
+                stack.gunicorn(
+                    "webhooks_app.wsgi:app", side.env, side.port, side.log_dir, "web", side.tree
+                )
+            )
+            if not stack.relay_processes(side.web):
+                side.relay_worker = self._start(
+                    stack.celery_worker(
+                        "workers.celery_app",
+                        side.env,
+                        side.log_dir,
+                        "relay",
+                        1,
+                        RELAY_ONLY_QUEUE,
+                        side.tree,
+                    )
+                )
         self._load(bare_port, duration=o.warmup)
-        warm, _ = self._load(port, duration=o.warmup)
-        self.accepted += warm.accepted
+        for side in sides:
+            warm, _ = self._load(side.port, duration=o.warmup)
+            side.accepted += warm.accepted
         bare_rounds: list[dict[str, Any]] = []
-        intake_rounds: list[dict[str, Any]] = []
-        bare_all, intake_all = loadgen.LoadResult(), loadgen.LoadResult()
-        for _ in range(o.rounds):
-            result, cpu = self._measured(bare_port, bare, engine)
+        bare_all = loadgen.LoadResult()
+        intake: dict[str, tuple[list[dict[str, Any]], loadgen.LoadResult]] = {
+            side.name: ([], loadgen.LoadResult()) for side in sides
+        }
+        for i in range(o.rounds):
+            result, cpu = self._measured(bare_port, [bare], sides[0].engine)
             bare_rounds.append(cpu)
             bare_all.merge(result)
-            result, cpu = self._measured(port, web, engine)
-            intake_rounds.append(cpu)
-            intake_all.merge(result)
-            self.accepted += result.accepted
-        phases["bare"] = _rounds_phase(bare_all, bare_rounds)
-        phases["intake"] = _rounds_phase(intake_all, intake_rounds)
-        intake_rps = phases["intake"]["requests_per_second"]
+            for side in _order(sides, i):
+                result, cpu = self._measured(side.port, side.servers(), side.engine)
+                intake[side.name][0].append(cpu)
+                intake[side.name][1].merge(result)
+                side.accepted += result.accepted
         bare.stop()
-        self._wait_handed_off(engine)
-        backlog = len(self.accepted)
+        bare_phase = _rounds_phase(bare_all, bare_rounds)
+        for side in sides:
+            assert side.web is not None
+            side.phases["bare"] = copy.deepcopy(bare_phase)  # one bare server for both sides
+            rounds, merged = intake[side.name]
+            side.phases["intake"] = _rounds_phase(merged, rounds)
+            side.phases["intake"]["relay"] = (
+                "worker without tasks" if side.relay_worker else "process under gunicorn"
+            )
+            self._wait_handed_off(side)
+            if side.relay_worker:
+                side.relay_worker.stop()
 
         # 3. handler throughput on that backlog
-        worker = self._start(
-            stack.celery_worker(
-                "workers.celery_app", env, self.log_dir, "worker", o.worker_concurrency, APP_QUEUE
+        for side in sides:
+            backlog = len(side.accepted)
+            side.worker = self._start(
+                stack.celery_worker(
+                    "workers.celery_app",
+                    side.env,
+                    side.log_dir,
+                    "worker",
+                    o.worker_concurrency,
+                    APP_QUEUE,
+                    side.tree,
+                )
             )
-        )
-        self._wait_finished(engine, self.accepted)
-        drained = self._drain_stats(engine, self.accepted)
-        phases["handlers"] = {"events": backlog, **drained}
+            self._wait_finished(side.engine, side.accepted)
+            drained = self._drain_stats(side.engine, side.accepted)
+            side.phases["handlers"] = {"events": backlog, **drained}
 
         # 4. Celery's own no-op drain rate, same broker and worker settings
-        phases["celery_noop"] = self._noop_drain(env, redis_url, backlog)
+        for side in sides:
+            side.phases["celery_noop"] = self._noop_drain(side, side.phases["handlers"]["events"])
 
         # 5. end to end at half the maximum intake rate (the target), and at a quarter of it
-        # (to show the latency of the pipeline when it is not queueing). Each starts on a
+        # (to show the latency of the pipeline when it is not queueing), in rounds alternating
+        # between the sides, every side at the same rate: this tree's. Each starts on a
         # vacuumed database: it measures a steady rate, not autovacuum catching up with the
         # tens of thousands of rows the phases before it wrote and rewrote.
         for name, fraction in (("e2e", 0.5), ("e2e_quarter", 0.25)):
-            _vacuum(engine)
-            rate = max(intake_rps * fraction, 1.0)
-            before = _pipeline_cpu(web, worker, engine)
-            busy_before, wall_before = stack.machine_busy_seconds(), time.monotonic()
-            result, cpu = self._load(port, duration=o.duration, rate=rate)
-            busy = (stack.machine_busy_seconds() - busy_before) / (
-                (time.monotonic() - wall_before) * (os.cpu_count() or 1)
-            )
-            self.accepted += result.accepted
-            self._wait_finished(engine, result.accepted)
-            spent = {
-                **_cpu_spent(before, _pipeline_cpu(web, worker, engine)),
-                "client": cpu,
+            rate = max(sides[0].phases["intake"]["requests_per_second"] * fraction, 1.0)
+            for side in sides:
+                _vacuum(side.engine)
+            runs: dict[str, list[tuple[loadgen.LoadResult, dict[str, float], float]]] = {
+                side.name: [] for side in sides
             }
-            n = max(len(result.accepted), 1)
-            phases[name] = {
-                "target_rate": round(rate, 1),
-                **_load_phase(result, cpu),
-                **self._e2e(engine, result),
-                # Where the CPU went, per event (its drain included), and how busy the whole
-                # machine was while the load ran: latency grows with queueing for the cores.
-                "cpu_ms_per_event": {k: round(v / n * 1000, 3) for k, v in spent.items()},
-                "machine_busy": round(busy, 2),
-            }
+            for i in range(o.rounds):
+                for side in _order(sides, i):
+                    runs[side.name].append(self._e2e_round(side, rate, o.duration / o.rounds))
+            for side in sides:
+                side.phases[name] = self._e2e_phase(side, rate, runs[side.name])
 
         # 6. burst
         if o.burst:
-            result, cpu = self._load(port, duration=3600, total=o.burst)
-            self.accepted += result.accepted
-            self._wait_finished(engine, result.accepted)
-            burst = _load_phase(result, cpu)
-            first_sent = min(result.sent_at.values()) if result.sent_at else time.time()
-            last_done = self._last_finished(engine, result.accepted)
-            burst["drain_s"] = round(last_done - first_sent, 2)
-            burst["drain_after_last_ack_s"] = round(last_done - (first_sent + result.elapsed), 2)
-            burst["events_per_second_end_to_end"] = round(
-                len(result.accepted) / max(last_done - first_sent, 1e-9), 1
-            )
-            phases["burst"] = burst
+            for side in sides[::-1]:
+                side.phases["burst"] = self._burst(side)
 
-        worker.stop()
-        self.report.checks = self._check_exactly_once(engine)
-        bare_rps = phases["bare"]["requests_per_second"]
-        noop_rate = phases["celery_noop"]["tasks_per_second"]
-        paired = [
-            i["requests_per_second"] / b["requests_per_second"]
-            for i, b in zip(phases["intake"]["rounds"], phases["bare"]["rounds"], strict=True)
-            if b["requests_per_second"]
-        ]
-        self.report.ratios = {
-            "intake_vs_bare": round(intake_rps / bare_rps, 3) if bare_rps else 0.0,
-            # Each intake round against the bare round just before it: the rounds alternate so
-            # that both see the same machine; this median is the figure least moved by its drift.
-            "intake_vs_bare_per_round": [round(r, 3) for r in paired],
-            "intake_vs_bare_paired_median": round(statistics.median(paired), 3) if paired else 0.0,
-            "handlers_vs_celery_noop": round(phases["handlers"]["events_per_second"] / noop_rate, 3)
-            if noop_rate
-            else 0.0,
+        for side in sides:
+            assert side.worker is not None
+            side.worker.stop()
+            side.ratios.update(_ratios(side.phases))
+        failures = []
+        for side in sides:
+            try:
+                self._check_exactly_once(side)
+            except BenchmarkFailure as exc:
+                failures.append(f"{side.label}: {exc}")
+        if failures:
+            raise BenchmarkFailure("; ".join(failures))
+        if self.report.against is not None:
+            self.report.against["comparison"] = compare(self.report, self.report.against)
+
+    def _e2e_round(
+        self, side: Side, rate: float, seconds: float
+    ) -> tuple[loadgen.LoadResult, dict[str, float], float]:
+        """One round at a fixed rate, drained: what it measured, the CPU each part spent on it
+        (the drain included) and how busy the whole machine was while the load ran."""
+        before = _pipeline_cpu(side)
+        busy_before, wall_before = stack.machine_busy_seconds(), time.monotonic()
+        result, cpu = self._load(side.port, duration=seconds, rate=rate)
+        busy = (stack.machine_busy_seconds() - busy_before) / (
+            (time.monotonic() - wall_before) * (os.cpu_count() or 1)
+        )
+        side.accepted += result.accepted
+        self._wait_finished(side.engine, result.accepted)
+        return result, {**_cpu_spent(before, _pipeline_cpu(side)), "client": cpu}, busy
+
+    def _e2e_phase(
+        self,
+        side: Side,
+        rate: float,
+        runs: list[tuple[loadgen.LoadResult, dict[str, float], float]],
+    ) -> dict[str, Any]:
+        merged, spent, rounds = loadgen.LoadResult(), dict.fromkeys((*PIPELINE, "client"), 0.0), []
+        for result, cpu, busy in runs:
+            merged.merge(result)
+            for part, seconds in cpu.items():
+                spent[part] += seconds
+            n = max(len(result.accepted), 1)
+            latency = self._e2e(side.engine, result)
+            rounds.append(
+                {
+                    "requests": len(result.accepted),
+                    "pipeline_cpu_ms_per_event": round(sum(cpu[k] for k in PIPELINE) / n * 1000, 3),
+                    "e2e_p50_ms": latency["e2e_p50_ms"],
+                    "e2e_p99_ms": latency["e2e_p99_ms"],
+                    "machine_busy": round(busy, 2),
+                }
+            )
+        n = max(len(merged.accepted), 1)
+        return {
+            "target_rate": round(rate, 1),
+            **_load_phase(merged, spent["client"]),
+            **self._e2e(side.engine, merged),
+            # Where the CPU went, per event (its drain included), and how busy the whole
+            # machine was while the load ran: latency grows with queueing for the cores.
+            "cpu_ms_per_event": {k: round(v / n * 1000, 3) for k, v in spent.items()},
+            "pipeline_cpu_ms_per_event": round(sum(spent[k] for k in PIPELINE) / n * 1000, 3),
+            "machine_busy": round(statistics.mean(r["machine_busy"] for r in rounds), 2),
+            "rounds": rounds,
         }
+
+    def _burst(self, side: Side) -> dict[str, Any]:
+        result, cpu = self._load(side.port, duration=3600, total=self.o.burst)
+        side.accepted += result.accepted
+        self._wait_finished(side.engine, result.accepted)
+        burst = _load_phase(result, cpu)
+        first_sent = min(result.sent_at.values()) if result.sent_at else time.time()
+        last_done = self._last_finished(side.engine, result.accepted)
+        burst["drain_s"] = round(last_done - first_sent, 2)
+        burst["drain_after_last_ack_s"] = round(last_done - (first_sent + result.elapsed), 2)
+        burst["events_per_second_end_to_end"] = round(
+            len(result.accepted) / max(last_done - first_sent, 1e-9), 1
+        )
+        return burst
 
     # --- waiting and measuring ------------------------------------------------------------
 
-    def _wait_handed_off(self, engine: Any) -> None:
+    def _wait_handed_off(self, side: Side) -> None:
         def handed_off() -> bool:
-            with engine.connect() as c:
+            with side.engine.connect() as c:
                 return (
                     c.execute(
                         text("SELECT count(*) FROM events WHERE status = 'received'")
@@ -416,7 +621,13 @@ class Bench:
                     == 0
                 )
 
-        stack.wait_until(handed_off, 60, "the relay to hand every event to the broker")
+        try:
+            stack.wait_until(handed_off, 60, "the relay to hand every event to the broker")
+        except RuntimeError as exc:
+            raise BenchmarkFailure(
+                f"{side.label}: {exc} (relay: {side.phases['intake']['relay']}; "
+                f"logs in {side.log_dir})"
+            ) from None
 
     def _wait_finished(self, engine: Any, ids: list[str]) -> None:
         if not ids:
@@ -492,19 +703,27 @@ class Bench:
             "claimed_to_done_p99_ms": round(loadgen.LatencySummary.of(in_worker).p99_ms, 2),
         }
 
-    def _noop_drain(self, env: dict[str, str], redis_url: str, count: int) -> dict[str, Any]:
+    def _noop_drain(self, side: Side, count: int) -> dict[str, Any]:
         from bench import noop_app
 
         count = max(count, 100)
-        client = redis.Redis.from_url(redis_url)
-        app = noop_app.app
-        app.conf.broker_url = redis_url
-        with app.producer_or_acquire() as producer:
+        client = redis.Redis.from_url(side.redis_url)
+        # A sender of our own on this side's Redis database; the worker is the side's tree's.
+        sender = Celery("bench-noop-sender", set_as_current=False)
+        sender.config_from_object({**noop_app.CONFIG, "broker_url": side.redis_url})
+        with sender.producer_or_acquire() as producer:
             for _ in range(count):
-                app.send_task(NOOP_TASK, queue=NOOP_QUEUE, producer=producer)
+                sender.send_task(NOOP_TASK, queue=NOOP_QUEUE, producer=producer)
+        sender.close()
         noop_worker = self._start(
             stack.celery_worker(
-                "bench.noop_app", env, self.log_dir, "noop", self.o.worker_concurrency, NOOP_QUEUE
+                "bench.noop_app",
+                side.env,
+                side.log_dir,
+                "noop",
+                self.o.worker_concurrency,
+                NOOP_QUEUE,
+                side.tree,
             )
         )
 
@@ -537,9 +756,11 @@ class Bench:
 
     # --- the guarantee --------------------------------------------------------------------
 
-    def _check_exactly_once(self, engine: Any) -> dict[str, Any]:
-        accepted = set(self.accepted)
-        with engine.connect() as c:
+    def _check_exactly_once(self, side: Side) -> None:
+        """Every event the side accepted was stored once and its handler succeeded in exactly
+        one attempt (``side.checks``); otherwise :class:`BenchmarkFailure`."""
+        accepted = set(side.accepted)
+        with side.engine.connect() as c:
             stored = {r[0]: r[1] for r in c.execute(text("SELECT id, status FROM events"))}
             attempts = c.execute(
                 text(
@@ -561,12 +782,11 @@ class Bench:
             "not_succeeded": len(not_succeeded),
             "not_exactly_once": len(not_once),
         }
-        if lost or unexpected or not_succeeded or not_once or len(accepted) != len(self.accepted):
+        if lost or unexpected or not_succeeded or not_once or len(accepted) != len(side.accepted):
             checks["examples"] = (lost + unexpected + not_succeeded + not_once)[:10]
-            self.report.checks = checks
+            side.checks.update(checks)
             raise BenchmarkFailure(f"delivery guarantee broken: {checks}")
-        checks["ok"] = True
-        return checks
+        side.checks.update(checks, ok=True)
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -653,13 +873,141 @@ def table(report: Report) -> str:
     return "\n".join(lines)
 
 
+# --- side by side (--against) -------------------------------------------------------------
+
+# Issue 16's budget, new (this tree) against old (REV): (figure, what it must meet, the limit).
+BUDGET: tuple[tuple[str, str, float], ...] = (
+    ("intake_requests_per_second", "ratio >=", 0.90),
+    ("e2e_cpu_ms_per_event", "ratio <=", 1.10),
+    ("e2e_p50_ms", "new <", 20.0),
+    ("e2e_p99_ms", "new <", 100.0),
+)
+
+
+def _figures(phases: dict[str, dict[str, Any]]) -> dict[str, tuple[float, list[float]]]:
+    """Each budget figure of one side: its value, and its value in each round."""
+    intake, e2e = phases["intake"], phases["e2e"]
+    return {
+        "intake_requests_per_second": (
+            intake["requests_per_second"],
+            [r["requests_per_second"] for r in intake["rounds"]],
+        ),
+        "e2e_cpu_ms_per_event": (
+            e2e["pipeline_cpu_ms_per_event"],
+            [r["pipeline_cpu_ms_per_event"] for r in e2e["rounds"]],
+        ),
+        "e2e_p50_ms": (e2e["e2e_p50_ms"], [r["e2e_p50_ms"] for r in e2e["rounds"]]),
+        "e2e_p99_ms": (e2e["e2e_p99_ms"], [r["e2e_p99_ms"] for r in e2e["rounds"]]),
+    }
+
+
+def _meets(value: float, rule: str, limit: float) -> bool:
+    operator = rule.split()[-1]
+    return (
+        value >= limit
+        if operator == ">="
+        else value <= limit
+        if operator == "<="
+        else value < limit
+    )
+
+
+def compare(new: Report, old: dict[str, Any]) -> dict[str, Any]:
+    """The budget's figures of both sides (intake: median of the rounds; e2e: over all the
+    phase's events, at the same rate for both), their ranges over the rounds, the ratio
+    new/old, the ratio round by round (the sides ran next to each other in each round), and
+    whether each budget line is met."""
+    new_figures, old_figures = _figures(new.phases), _figures(old["phases"])
+    comparison: dict[str, Any] = {"e2e_target_rate": new.phases["e2e"]["target_rate"]}
+    for key, rule, limit in BUDGET:
+        (new_value, new_rounds), (old_value, old_rounds) = new_figures[key], old_figures[key]
+        ratio = new_value / old_value if old_value else float("nan")
+        per_round = [n / o for n, o in zip(new_rounds, old_rounds, strict=True) if o]
+        comparison[key] = {
+            "new": new_value,
+            "old": old_value,
+            "new_range": [min(new_rounds), max(new_rounds)] if new_rounds else [],
+            "old_range": [min(old_rounds), max(old_rounds)] if old_rounds else [],
+            "ratio": round(ratio, 3),
+            "ratio_per_round": [round(r, 3) for r in per_round],
+            "budget": f"{rule} {limit:g}",
+            "ok": _meets(ratio if rule.startswith("ratio") else new_value, rule, limit),
+        }
+    comparison["exactly_once"] = {
+        "new": new.checks.get("accepted", 0),
+        "old": old["checks"].get("accepted", 0),
+        "ok": bool(new.checks.get("ok")) and bool(old["checks"].get("ok")),
+    }
+    comparison["ok"] = all(
+        comparison[key]["ok"] for key in (*(b[0] for b in BUDGET), "exactly_once")
+    )
+    return comparison
+
+
+def side_by_side(report: Report) -> str:
+    """The budget's lines, new against old: value [range over the rounds], the ratio."""
+    assert report.against is not None
+    c = report.against["comparison"]
+    new_rev, old_rev = report.machine.get("revision", CURRENT), report.against["revision"]
+    labels = {
+        "intake_requests_per_second": ("intake req/s", "{:.0f}"),
+        "e2e_cpu_ms_per_event": (
+            f"e2e CPU ms/event at {c['e2e_target_rate']:.0f}/s (web+relay+worker+PostgreSQL)",
+            "{:.3f}",
+        ),
+        "e2e_p50_ms": (f"e2e p50 ms at {c['e2e_target_rate']:.0f}/s", "{:.1f}"),
+        "e2e_p99_ms": (f"e2e p99 ms at {c['e2e_target_rate']:.0f}/s", "{:.1f}"),
+    }
+    rows = [("what", f"new {new_rev}", f"old {old_rev}", "new/old [by round]", "budget")]
+    for key, (label, fmt) in labels.items():
+        line = c[key]
+
+        def cell(side: str, line: dict[str, Any] = line, fmt: str = fmt) -> str:
+            low, high = line[f"{side}_range"] or [line[side], line[side]]
+            return f"{fmt.format(line[side])} [{fmt.format(low)}-{fmt.format(high)}]"
+
+        by_round = line["ratio_per_round"]
+        spread = f" [{min(by_round):.2f}-{max(by_round):.2f}]" if by_round else ""
+        verdict = "ok" if line["ok"] else "MISSED"
+        rows.append(
+            (
+                label,
+                cell("new"),
+                cell("old"),
+                f"{line['ratio']:.2f}x{spread}",
+                f"{line['budget']}: {verdict}",
+            )
+        )
+    once = c["exactly_once"]
+    rows.append(
+        (
+            "every event succeeded exactly once",
+            f"{once['new']} events",
+            f"{once['old']} events",
+            "",
+            "both: ok" if once["ok"] else "both: FAILED",
+        )
+    )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "| " + " | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) + " |"
+        for row in rows
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    verdict = "within" if c["ok"] else "OUTSIDE"
+    return "\n".join(lines) + f"\n(values [range over the rounds]; {verdict} the budget)"
+
+
 def write_results(report: Report, output: Path | None) -> Path:
     if output is None:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
         output = RESULTS_DIR / f"{stamp}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    data = asdict(report)
+    if data["against"] is None:
+        del data["against"]
+    output.write_text(json.dumps(data, indent=2) + "\n")
     return output
 
 
@@ -676,4 +1024,4 @@ def git_revision() -> str:
         return "unknown"
 
 
-__all__ = ["Bench", "BenchmarkFailure", "Options", "Report", "table"]
+__all__ = ["Bench", "BenchmarkFailure", "Options", "Report", "compare", "side_by_side", "table"]

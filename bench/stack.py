@@ -3,10 +3,15 @@
 Everything is private to the run: a throwaway PostgreSQL database (dropped afterwards) on the
 configured server, a private ``redis-server`` on a free port, and gunicorn / Celery processes
 started with the production configuration (``gunicorn.conf.py``, ``workers.celery_app``).
+
+Each process starts from a source tree: this one (``ROOT``), or another revision checked out in
+a git worktree (``revision_tree``), with that tree as its working directory and first on
+``PYTHONPATH``; both use this interpreter's installed dependencies.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -25,6 +30,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
+TREES_DIR = ROOT / "bench" / ".trees"  # other revisions' worktrees, while a run uses them
 POSTGRES_ADMIN_URL = os.environ.get(
     "BENCH_POSTGRES_URL",
     os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
@@ -50,10 +56,18 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
 class Process:
     """A child process in its own session, its output in ``<log_dir>/<name>.log``."""
 
-    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: Mapping[str, str],
+        log_dir: Path,
+        cwd: Path = ROOT,
+    ) -> None:
         self.name = name
         self.args = args
         self.env = {**os.environ, **env}
+        self.cwd = cwd
         self.log_path = log_dir / f"{name}.log"
         self.popen: subprocess.Popen[bytes] | None = None
 
@@ -61,7 +75,7 @@ class Process:
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
                 self.args,
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -88,41 +102,130 @@ class Process:
         self.stop(signal.SIGKILL)
 
     def pids(self) -> list[int]:
-        """This process and its children (gunicorn or Celery workers), for CPU accounting."""
+        """This process and all its descendants, for CPU accounting: whatever a tree starts
+        under gunicorn or Celery (workers, a relay, their children) is counted."""
         if self.popen is None:
             return []
-        found = [self.popen.pid]
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                if ppid == self.popen.pid:
-                    found.append(int(entry.name))
-        return found
+        return descendants(self.popen.pid)
+
+    def children(self) -> list[int]:
+        """This process's direct children (gunicorn's or Celery's workers, a relay)."""
+        if self.popen is None:
+            return []
+        return sorted(pid for pid, ppid in _parents().items() if ppid == self.popen.pid)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process (Linux /proc)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it, ``root`` first."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _parents().items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [root], [root]
+    while todo:
+        for child in sorted(children.get(todo.pop(), [])):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    """What makes a process run ``tree``'s code (its packages before the installed ones)."""
+    return {"PYTHONPATH": str(tree)}
+
+
+def check_tree(tree: Path, env: Mapping[str, str]) -> None:
+    """The tree's own modules are the ones its processes import, and they import at all
+    (a dependency this environment lacks shows here, not as a server that never answers)."""
+    probe = (
+        "import json, bench.handlers, webhooks_app.wsgi, workers.celery_app\n"
+        "import bench, webhooks_app as a, workers as w\n"
+        "print(json.dumps([a.__file__, w.__file__, bench.__file__]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tree,
+        env={**os.environ, **env, **tree_env(tree)},
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{tree} does not import with {sys.executable}:\n{done.stderr[-3000:]}")
+    for path in json.loads(done.stdout.strip().splitlines()[-1]):
+        if not Path(path).resolve().is_relative_to(tree.resolve()):
+            raise RuntimeError(f"{tree}'s processes would import {path}, not the tree's own code")
+
+
+def resolve_revision(revision: str) -> str:
+    """The full commit id of ``revision`` (a sha, a branch, ``HEAD~3``), or a clear error."""
+    done = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise ValueError(f"{revision!r} is not a commit of this repository")
+    return done.stdout.strip()
+
+
 @contextmanager
-def temporary_database() -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database, dropped on exit."""
-    from alembic import command
+def revision_tree(revision: str) -> Iterator[Path]:
+    """``revision`` checked out in a git worktree under ``bench/.trees/`` (git-ignored),
+    removed on exit. Only committed files: the tree is exactly that commit."""
+    commit = resolve_revision(revision)
+    TREES_DIR.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{commit[:7]}-", dir=TREES_DIR))
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", "--quiet", str(path), commit],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, capture_output=True
+        )
+        shutil.rmtree(path, ignore_errors=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
 
-    from webhooks_app.cli import alembic_config
 
+@contextmanager
+def temporary_database(tree: Path = ROOT, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """A fresh PostgreSQL database, migrated by ``tree``'s own migrations (its ``flask db
+    upgrade``), dropped on exit."""
     name = f"bench_{uuid.uuid4().hex[:12]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     try:
-        config = alembic_config(url)
-        config.attributes["configure_logging"] = False
-        command.upgrade(config, "head")
+        done = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "webhooks_app", "db", "upgrade"],
+            cwd=tree,
+            env={**os.environ, **(env or {}), **tree_env(tree), "DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"migrating {name} with {tree} failed:\n{done.stderr[-3000:]}")
         yield url
     finally:
         with admin.connect() as connection:
@@ -150,20 +253,22 @@ def private_redis(log_dir: Path) -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def gunicorn(app: str, env: Mapping[str, str], port: int, log_dir: Path, name: str) -> Process:
-    """gunicorn with the production ``gunicorn.conf.py`` serving ``app`` on 127.0.0.1:port."""
+def gunicorn(
+    app: str,
+    env: Mapping[str, str],
+    port: int,
+    log_dir: Path,
+    name: str,
+    tree: Path = ROOT,
+) -> Process:
+    """gunicorn with ``tree``'s production ``gunicorn.conf.py`` serving ``app`` on
+    127.0.0.1:port."""
     process = Process(
         name,
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            os.environ.get("BENCH_GUNICORN_CONF", str(ROOT / "gunicorn.conf.py")),
-            app,
-        ],
-        {**env, "PORT": str(port)},
+        [sys.executable, "-m", "gunicorn", "-c", str(tree / "gunicorn.conf.py"), app],
+        {**env, **tree_env(tree), "PORT": str(port)},
         log_dir,
+        cwd=tree,
     ).start()
     try:
         wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), 60, f"{name} to answer")
@@ -174,7 +279,13 @@ def gunicorn(app: str, env: Mapping[str, str], port: int, log_dir: Path, name: s
 
 
 def celery_worker(
-    app: str, env: Mapping[str, str], log_dir: Path, name: str, concurrency: int, queues: str
+    app: str,
+    env: Mapping[str, str],
+    log_dir: Path,
+    name: str,
+    concurrency: int,
+    queues: str,
+    tree: Path = ROOT,
 ) -> Process:
     return Process(
         name,
@@ -194,8 +305,9 @@ def celery_worker(
             "--without-mingle",
             "--without-heartbeat",
         ],
-        env,
+        {**env, **tree_env(tree)},
         log_dir,
+        cwd=tree,
     ).start()
 
 
@@ -215,11 +327,12 @@ def port_open(port: int) -> bool:
 def request_workers(server: Process) -> list[int]:
     """gunicorn's workers: the master's children but the outbox relay it starts beside them."""
     relays = set(relay_processes(server))
-    return [pid for pid in server.pids()[1:] if pid not in relays]
+    return [pid for pid in server.children() if pid not in relays]
 
 
 def relay_processes(server: Process) -> list[int]:
-    """The outbox relay gunicorn's master starts beside its workers (none for another app)."""
+    """The outbox relay process gunicorn's master starts beside its workers, where a tree has
+    one (none for another app, nor where the relay runs inside the Celery worker)."""
     relays = []
     for pid in server.pids()[1:]:
         try:

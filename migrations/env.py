@@ -27,7 +27,6 @@ def _configure(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         # SQLite cannot ALTER most things in place; batch mode copies the table instead.
-        render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )
 

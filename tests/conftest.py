@@ -80,7 +80,6 @@ def app(settings: Settings) -> Iterator[Flask]:
     app = create_app(settings)
     yield app
     service: Service = app.extensions["webhooks"]
-    service.relay.flush()
     with service.db.engine.begin() as connection:
         tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
         connection.execute(text(f"TRUNCATE {tables} CASCADE"))
@@ -172,7 +171,6 @@ def live(settings: Settings, emulator: RunningEmulator) -> Iterator[LiveService]
             yield LiveService(url, app, service, live_settings)
         finally:
             server.app = Flask("stopped")
-            service.relay.flush()
             with service.db.engine.begin() as connection:
                 tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
                 connection.execute(text(f"TRUNCATE {tables} CASCADE"))

@@ -10,7 +10,6 @@ from webhooks_app.database import Database
 from webhooks_app.dispatch import Dispatcher
 from webhooks_app.events import Event
 from webhooks_app.extensions import celery_init_app, celery_publisher
-from webhooks_app.handoff import Relay
 from webhooks_app.logs import configure_logging
 from webhooks_app.registry import load_handlers, on, registry
 from webhooks_app.service import Service
@@ -40,8 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         db=db,
         celery=celery,
         registry=registry,
-        relay=Relay(db.sessions, publish, settings),
-        dispatcher=Dispatcher(db.sessions, registry, settings, pipelined=db.pipelined_transaction),
+        dispatcher=Dispatcher(db, registry, settings),
         publish=publish,
     )
     # Stored subscription secrets count beside WEBHOOK_SECRETS; one that cannot be decrypted

@@ -248,7 +248,6 @@ def replay_event(event_id: str) -> tuple[dict[str, Any], int]:
             _record(session, "event.replay", event_id, handlers=list(done.handlers))
     except replay.ReplayError as exc:
         raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param) from None
-    service.relay.submit(event_id)
     return {
         "id": event_id,
         "object": "event.replay",

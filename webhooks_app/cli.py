@@ -9,7 +9,7 @@ import click
 from flask import Flask
 from flask.cli import AppGroup
 
-from webhooks_app import handoff
+from webhooks_app import relay
 from webhooks_app.service import current_service
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ events_cli = AppGroup("events", help="Stored events.")
 def events_sweep() -> None:
     """Hand every overdue event to the broker now (beat does this every few seconds)."""
     service = current_service()
-    count = handoff.sweep(service.db.sessions, service.publish, service.settings)
+    count = relay.sweep(service.db, service.publish, service.settings)
     click.echo(f"re-published {count} overdue events")
 
 

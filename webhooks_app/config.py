@@ -124,8 +124,6 @@ class Settings:
     web_threads: int = 4  # gunicorn threads per web process (gunicorn.conf.py reads it too)
     relay_poll_seconds: float = 1.0  # the outbox relay looks even without a wake-up
     relay_linger_seconds: float = 0.007  # after a hand-off, gather events this long
-    # Set by gunicorn.conf.py for its workers: the pipe that wakes the outbox relay process.
-    relay_wakeup_fd: int | None = None
     log_level: str = "INFO"
     log_format: str = "json"
     metrics_token: str | None = None
@@ -275,8 +273,8 @@ class Settings:
             event_retention_days=retention,
             handoff_batch_size=integer("HANDOFF_BATCH_SIZE", 50, minimum=1),
             web_threads=integer("WEB_THREADS", 4, minimum=1),
+            relay_poll_seconds=number("RELAY_POLL_SECONDS", 1.0, 0.05, float),
             relay_linger_seconds=integer("RELAY_LINGER_MS", 7) / 1000,
-            relay_wakeup_fd=integer("WEBHOOKS_RELAY_WAKEUP_FD", 0) or None,
             log_level=level,
             log_format=log_format,
             metrics_token=env.get("METRICS_TOKEN", "").strip() or None,

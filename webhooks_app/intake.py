@@ -1,15 +1,19 @@
-"""Accepting one delivery: verify the raw bytes, parse, store durably, then hand off."""
+"""Accepting one delivery: verify the raw bytes, parse, store durably (``engine.store``).
+
+The insert notifies the relays when it commits (PostgreSQL ``NOTIFY``); nothing else is done
+on the request path.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
-from webhooks_app import pgsql, signatures, store
+from webhooks_app import engine, signatures, store
 from webhooks_app.config import Settings
 from webhooks_app.database import Database
 from webhooks_app.events import parse_envelope
-from webhooks_app.handoff import Relay
 from webhooks_app.signatures import HeaderLookup, Secret
 
 # What the admin page shows of a delivery; the body is stored separately, byte for byte.
@@ -22,21 +26,30 @@ KEPT_HEADERS = (
 )
 
 
+@dataclass(frozen=True)
+class Received:
+    id: str
+    type: str
+    stored: engine.Stored
+
+    @property
+    def created(self) -> bool:
+        return self.stored == engine.Stored.CREATED
+
+
 class Intake:
     def __init__(
         self,
         db: Database,
-        relay: Relay,
         settings: Settings,
         active_secrets: Callable[[], tuple[Secret, ...]],
     ) -> None:
         self._db = db
-        self._relay = relay
         self._tolerance = settings.webhook_tolerance_seconds
         self._grace = timedelta(seconds=settings.handoff_grace_seconds)
         self._active_secrets = active_secrets
 
-    def receive(self, headers: HeaderLookup, body: bytes) -> store.IngestResult:
+    def receive(self, headers: HeaderLookup, body: bytes) -> Received:
         """Raises ``VerificationError`` (401), ``EnvelopeError`` (400) or a database error (503).
 
         Returns only after the event is committed; a repeated webhook-id is reported, not stored.
@@ -57,12 +70,6 @@ class Intake:
             received_at=received_at,
             due_at=received_at + self._grace,
         )
-        if self._db.autocommit_engine is not None:
-            created = pgsql.insert_event(self._db.execute_autocommit, event)
-        else:
-            with self._db.transaction() as session:
-                created = store.ingest(session, event)
-        result = store.IngestResult(id=event.id, created=created, type=event.type)
-        if result.created:
-            self._relay.submit(result.id)
-        return result
+        with self._db.autocommit() as connection:
+            stored = engine.store(connection, event)
+        return Received(id=event.id, type=event.type, stored=stored)

@@ -8,12 +8,13 @@ import time
 from flask import Blueprint, Response, jsonify, request
 
 from webhooks_app import metrics
+from webhooks_app.engine import Stored
 from webhooks_app.errors import DATABASE_ERRORS, ApiError, database_error
 from webhooks_app.events import EnvelopeError
+from webhooks_app.intake import Received
 from webhooks_app.logs import log_event
 from webhooks_app.service import current_service
 from webhooks_app.signatures import VerificationError
-from webhooks_app.store import IngestResult
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,22 @@ def refusal(exc: Exception, webhook_id: str | None) -> ApiError:
     return error
 
 
-def answer(result: IngestResult) -> dict[str, str]:
-    """The answer to a stored (or already stored) delivery, counted and logged."""
-    status = "accepted" if result.created else "duplicate"
-    metrics.event_received(result.type, status)
-    log_event("event received", event_id=result.id, type=result.type, status=status)
-    return {"id": result.id, "status": status}
+def answer(result: Received) -> dict[str, str]:
+    """The answer to a stored (or already stored) delivery, counted and logged. A duplicate
+    whose body differs from the stored one is a duplicate to the provider, and a warning here."""
+    metrics.event_received(result.type, result.stored.value)
+    differing = result.stored == Stored.DIFFERING_DUPLICATE
+    log_event(
+        "duplicate delivery with a different body; the first body is kept"
+        if differing
+        else "event received",
+        level=logging.WARNING if differing else logging.INFO,
+        event_id=result.id,
+        type=result.type,
+        status=result.stored.value,
+    )
+    status = Stored.DUPLICATE if differing else result.stored
+    return {"id": result.id, "status": status.value}
 
 
 def _safe_id(value: str | None) -> str | None:

@@ -2,8 +2,8 @@
 
 A replay resets each chosen (event, handler) state to ``pending`` with a fresh attempt budget
 and a new ``run`` number; attempt numbers carry on from the last attempt, so the history is
-appended to, never rewritten. The caller commits, then hands the event to the relay; the worker
-runs it like any other delivery (claims, leases, retries).
+appended to, never rewritten (``engine.start_run``). When the caller commits, the relays are
+woken and the worker runs it like any other delivery (claims, leases, retries).
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from webhooks_app import store
+from webhooks_app import engine, store
 from webhooks_app.config import Settings
 from webhooks_app.registry import Registry
-from webhooks_app.store import EventFilter, EventStatus, HandlerStatus, utcnow
+from webhooks_app.store import EventFilter, EventStatus, utcnow
 
 REPLAYABLE_STATUSES = (EventStatus.FAILED.value, EventStatus.DEAD.value)
 BULK_REPLAY_LIMIT = 1000
@@ -71,7 +71,7 @@ def reset_for_replay(
     handler: str | None = None,
 ) -> Replayed:
     """Start a new run of ``handler`` (or of every handler of the event's type). Only flushes."""
-    events, states = store.events, store.handler_states
+    events = store.events
     # The same row lock the dispatcher takes to update an event's status: one writer at a time.
     row = session.execute(
         select(events.c.type).where(events.c.id == event_id).with_for_update()
@@ -92,69 +92,19 @@ def reset_for_replay(
     if not chosen:
         raise NothingToReplay(f"No handler is registered for events of type {row.type!r}.")
 
-    now = utcnow()
-    existing = {
-        r.handler: r
-        for r in session.execute(
-            select(states.c.handler, states.c.status, states.c.attempts, states.c.run).where(
-                states.c.event_id == event_id, states.c.handler.in_([h.name for h in chosen])
-            )
-        )
-    }
-    for h in chosen:
-        state = existing.get(h.name)
-        max_attempts = h.max_attempts or settings.default_max_attempts
-        if state is None:
-            session.execute(
-                insert(states).values(
-                    event_id=event_id,
-                    handler=h.name,
-                    status=HandlerStatus.PENDING.value,
-                    attempts=0,
-                    max_attempts=max_attempts,
-                    run=1,
-                    updated_at=now,
-                )
-            )
-            continue
-        if state.status == HandlerStatus.RUNNING.value:
-            raise HandlerBusy(
-                f"Handler {h.name!r} is running on this event; replay it once it has finished.",
-                param="handler",
-            )
-        # Conditional like a claim: a worker that took the handler meanwhile makes this miss.
-        changed = session.execute(
-            update(states)
-            .where(
-                states.c.event_id == event_id,
-                states.c.handler == h.name,
-                states.c.status == state.status,
-                states.c.attempts == state.attempts,
-                states.c.run == state.run,
-            )
-            .values(
-                status=HandlerStatus.PENDING.value,
-                attempts=0,
-                run=state.run + 1,
-                max_attempts=max_attempts,
-                lease_until=None,
-                next_attempt_at=None,
-                updated_at=now,
-            )
-        ).rowcount  # type: ignore[attr-defined]
-        if changed != 1:
-            raise HandlerBusy(f"Handler {h.name!r} changed meanwhile; try again.", param="handler")
-    session.execute(
-        update(events)
-        .where(events.c.id == event_id)
-        .values(
-            # Awaiting hand-off, like a new event: the relay publishes it after the commit,
-            # and if that fails the sweep does once this is due.
-            status=EventStatus.RECEIVED.value,
-            updated_at=now,
-            due_at=now + timedelta(seconds=settings.handoff_grace_seconds),
-        )
+    restarted = engine.start_run(
+        session.connection(),
+        event_id,
+        [(h.name, h.max_attempts or settings.default_max_attempts) for h in chosen],
+        now=utcnow(),
+        grace=timedelta(seconds=settings.handoff_grace_seconds),
     )
+    busy = [h.name for h in chosen if h.name not in restarted]
+    if busy:
+        raise HandlerBusy(
+            f"Handler {busy[0]!r} is running on this event; replay it once it has finished.",
+            param="handler",
+        )
     return Replayed(event_id, tuple(h.name for h in chosen))
 
 

@@ -11,9 +11,9 @@ from flask import current_app
 from webhooks_app.config import Settings
 from webhooks_app.database import Database
 from webhooks_app.dispatch import Dispatcher
-from webhooks_app.handoff import Publish, Relay
 from webhooks_app.intake import Intake
 from webhooks_app.registry import Registry
+from webhooks_app.relay import Publish, Relay
 from webhooks_app.secretbox import SecretBox
 from webhooks_app.signatures import Secret
 from webhooks_app.subscriptions import Subscriptions
@@ -27,10 +27,10 @@ class Service:
     db: Database
     celery: Celery
     registry: Registry
-    relay: Relay
     dispatcher: Dispatcher
     publish: Publish
     intake: Intake = field(init=False)
+    relay: Relay = field(init=False)
     # Where the receiver's active secrets come from: WEBHOOK_SECRETS first; stored
     # subscription secrets are added by that feature.
     secret_sources: list[SecretSource] = field(default_factory=list)
@@ -38,7 +38,8 @@ class Service:
     subscriptions: Subscriptions = field(init=False)
 
     def __post_init__(self) -> None:
-        self.intake = Intake(self.db, self.relay, self.settings, self.active_secrets)
+        self.intake = Intake(self.db, self.settings, self.active_secrets)
+        self.relay = Relay(self.db, self.publish, self.settings)
         self.subscriptions = Subscriptions(
             self.db, SecretBox.from_settings(self.settings), self.settings
         )

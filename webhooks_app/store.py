@@ -10,13 +10,12 @@ import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, cast
 
 import orjson
 from sqlalchemy import (
-    JSON,
     BigInteger,
     DateTime,
     ForeignKey,
@@ -29,8 +28,6 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     and_,
-    any_,
-    bindparam,
     delete,
     func,
     literal,
@@ -38,12 +35,10 @@ from sqlalchemy import (
     select,
     text,
     union_all,
-    update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import CursorResult, Dialect, Result
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
-from sqlalchemy.sql.elements import ColumnElement
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -55,31 +50,22 @@ NAMING_CONVENTION = {
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+    """Timezone-aware datetimes, read back in UTC; a naive one is refused."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
+        if value is not None and value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        return (
-            value.astimezone(UTC)
-            if dialect.name != "sqlite"
-            else value.astimezone(UTC).replace(tzinfo=None)
-        )
+        return value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return None if value is None else value.astimezone(UTC)
 
 
-JSONDocument = JSON().with_variant(postgresql.JSONB(), "postgresql")
-# Autoincrementing 64-bit keys: SQLite only autoincrements a plain INTEGER primary key.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
+JSONDocument = postgresql.JSONB()
+BigId = BigInteger()
 
 
 class Base(DeclarativeBase):
@@ -129,6 +115,8 @@ class EventRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # When a non-final event should next have moved on; the sweep re-publishes those past it.
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Deliveries of this id whose body differed from the stored one (not stored; see engine).
+    differing_duplicates: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     handlers: Mapped[list[HandlerStateRow]] = relationship(
         back_populates="event", cascade="all, delete-orphan", passive_deletes=True
@@ -193,7 +181,6 @@ class AttemptRow(Base):
             "run",
             unique=True,
             postgresql_where=(status == AttemptStatus.SUCCEEDED.value),
-            sqlite_where=(status == AttemptStatus.SUCCEEDED.value),
         ),
     )
 
@@ -218,40 +205,7 @@ def parse_moment(raw: str) -> datetime:
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def affected_rows(result: Result[Any]) -> int:
-    """Rows an UPDATE or DELETE matched: what makes a conditional UPDATE a claim."""
-    return cast(CursorResult[Any], result).rowcount
-
-
-# --- batches --------------------------------------------------------------------------------
-# On PostgreSQL a list of ids travels as one array parameter (``= ANY(...)``): the statement's
-# text is the same whatever the length, so SQLAlchemy compiles it once and psycopg prepares it
-# on the server after a few runs. An IN list of n values would be a new statement for every n:
-# compiled, converted and planned again each time.
-
-
-def on_postgresql(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
-def one_of(column: Any, values: Sequence[Any], *, arrays: bool) -> ColumnElement[bool]:
-    """``column IN values``; with ``arrays``, ``column = ANY(:array)``."""
-    if not arrays:
-        return cast(ColumnElement[bool], column.in_(values))
-    return cast(
-        ColumnElement[bool],
-        column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type))),
-    )
-
-
 # --- intake -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    id: str
-    created: bool
-    type: str = ""
 
 
 @dataclass(frozen=True)
@@ -266,101 +220,6 @@ class NewEvent:
     webhook_timestamp: int
     received_at: datetime
     due_at: datetime
-
-
-def ingest(session: Session, event: NewEvent) -> bool:
-    """Store the event unless its id is already stored; True if this stored it.
-
-    ``INSERT ... ON CONFLICT DO NOTHING`` makes the unique key decide, so two deliveries racing
-    on one id never both report stored. (PostgreSQL's intake runs ``pgsql.insert_event``.)
-    """
-    values = {
-        "id": event.id,
-        "type": event.type,
-        "status": EventStatus.RECEIVED.value,
-        "payload": orjson.loads(event.raw_body),
-        "raw_body": event.raw_body,
-        "headers": event.headers,
-        "data_id": event.data_id,
-        "webhook_timestamp": event.webhook_timestamp,
-        "received_at": event.received_at,
-        "updated_at": event.received_at,
-        "due_at": event.due_at,
-    }
-    insert = postgresql.insert if on_postgresql(session) else sqlite.insert
-    statement = (
-        insert(events)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=["id"])
-        .returning(events.c.id)
-    )
-    return session.execute(statement).scalar_one_or_none() is not None
-
-
-def lock_events(session: Session, event_ids: Sequence[str]) -> dict[str, str]:
-    """Lock these events' rows, in id order (a no-op on SQLite, whose writers queue anyway);
-    returns the type of each that exists.
-
-    Every transaction that changes an event's handler states takes this lock first (a claim, a
-    recorded attempt, a lease renewal, a replay) and then derives the event's status: one
-    writer per event at a time, and two transactions over several events wait for each other
-    instead of deadlocking. Read the states in a later statement: one that waited for the lock
-    would still see the rows of before the wait.
-    """
-    if not event_ids:
-        return {}
-    rows = session.execute(
-        select(events.c.id, events.c.type)
-        .where(one_of(events.c.id, event_ids, arrays=on_postgresql(session)))
-        .order_by(events.c.id)
-        .with_for_update()
-    )
-    return {event_id: event_type for event_id, event_type in rows}
-
-
-def mark_queued(session: Session, event_ids: Sequence[str], *, requeue_after: timedelta) -> None:
-    """Record that these events were handed to the broker (unless a worker got there first)."""
-    now = utcnow()
-    session.execute(
-        update(events)
-        .where(events.c.id.in_(event_ids), events.c.status == EventStatus.RECEIVED.value)
-        .values(status=EventStatus.QUEUED.value, updated_at=now, due_at=now + requeue_after)
-    )
-
-
-def take_received(session: Session, *, limit: int, requeue_after: timedelta) -> list[str]:
-    """Mark up to ``limit`` events not yet handed to the broker ``queued``, oldest first, and
-    return their ids; rows another relay holds are skipped. One statement. The caller publishes
-    them before it commits: a failed publish rolls the mark back and leaves them ``received``,
-    and until the commit everyone else still sees them ``received``."""
-    now = utcnow()
-    waiting = (
-        select(events.c.id)
-        .where(events.c.status == EventStatus.RECEIVED.value)
-        .order_by(events.c.received_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    rows = session.execute(
-        update(events)
-        .where(events.c.id.in_(waiting))
-        .values(status=EventStatus.QUEUED.value, updated_at=now, due_at=now + requeue_after)
-        .returning(events.c.id)
-    )
-    return list(rows.scalars())
-
-
-def postpone_due(session: Session, event_ids: Sequence[str], *, until: datetime) -> None:
-    session.execute(update(events).where(events.c.id.in_(event_ids)).values(due_at=until))
-
-
-def overdue_event_ids(session: Session, *, now: datetime, limit: int) -> list[str]:
-    """Events that should have moved on by now: never handed off, lost, or due for a retry."""
-    rows = session.execute(
-        select(events.c.id).where(events.c.due_at <= now).order_by(events.c.due_at).limit(limit)
-    )
-    return list(rows.scalars())
 
 
 # --- reading --------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import (
     setup_logging,
     worker_init,
@@ -33,6 +33,7 @@ from celery.signals import (
 
 from webhooks_app import create_app, metrics
 from webhooks_app.logs import configure_logging
+from webhooks_app.relay import RelayThread
 from webhooks_app.service import Service
 
 flask_app = create_app()
@@ -47,6 +48,25 @@ def _keep_our_logging(**_: Any) -> None:
     swap sys.stdout/sys.stderr for its LoggingProxy, which dropped the handlers' log lines."""
     settings = flask_app.extensions["webhooks"].settings
     configure_logging(settings.log_level, settings.log_format)
+
+
+class OutboxRelay(bootsteps.StartStopStep):
+    """Every worker runs the outbox relay (``webhooks_app.relay``) on a thread of its main
+    process, started and stopped with the worker; relays of several workers share the work."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        service: Service = flask_app.extensions["webhooks"]
+        self.relay = RelayThread(service.relay)
+
+    def start(self, parent: Any) -> None:
+        self.relay.start()
+
+    def stop(self, parent: Any) -> None:
+        self.relay.stop()
+
+
+celery.steps["worker"].add(OutboxRelay)
 
 
 @worker_process_init.connect

@@ -9,7 +9,7 @@ import psycopg
 from celery import Task, shared_task
 from sqlalchemy import exc as sa_exc
 
-from webhooks_app import handoff, retention
+from webhooks_app import relay, retention
 from webhooks_app.assisters import AssistersError
 from webhooks_app.dispatch import Outcome
 from webhooks_app.extensions import (
@@ -29,35 +29,32 @@ log = logging.getLogger(__name__)
 # prepared statement a pooler lost: what a message is tried again for, shortly, instead of
 # waiting for the sweep (an event's ``due_at``: 10 minutes once handed off). Whatever a failed
 # transaction did was rolled back, and the claims make a second run harmless.
-TRANSIENT_DATABASE_ERRORS = (
-    psycopg.OperationalError,  # deadlocks and serialization failures included
-    psycopg.errors.InvalidSqlStatementName,
-    sa_exc.OperationalError,
-)
 DATABASE_RETRIES = 5
+
+
+def transient(exc: sa_exc.DBAPIError) -> bool:
+    return isinstance(exc, sa_exc.OperationalError) or isinstance(  # deadlocks included
+        exc.orig, psycopg.errors.InvalidSqlStatementName
+    )
 
 
 @shared_task(name=PROCESS_EVENTS_TASK, bind=True, max_retries=DATABASE_RETRIES)
 def process_events(self: Task[Any, Any], event_ids: list[str]) -> None:
-    """The relay's and the sweep's message: several events, two transactions for all."""
-    service = current_service()
+    """The one delivery message: the ids of one or more events (a retry is a batch of one)."""
     try:
-        outcomes = service.dispatcher.process_events(event_ids)
-    except TRANSIENT_DATABASE_ERRORS as exc:
+        outcomes = current_service().dispatcher.process_events(event_ids)
+    except sa_exc.DBAPIError as exc:
+        if not transient(exc):
+            raise
         raise _retry_later(self, exc) from exc
-    for event_id, outcome in outcomes.items():
-        _schedule_follow_ups(event_id, outcome)
+    _schedule(outcomes)
 
 
-@shared_task(name=PROCESS_EVENT_TASK, bind=True, max_retries=DATABASE_RETRIES)
-def process_event(self: Task[Any, Any], event_id: str, handler: str | None = None) -> None:
-    """One event, or one handler of it: retries and waits for a claim held elsewhere."""
-    service = current_service()
-    try:
-        outcome = service.dispatcher.process_event(event_id, only_handler=handler)
-    except TRANSIENT_DATABASE_ERRORS as exc:
-        raise _retry_later(self, exc) from exc
-    _schedule_follow_ups(event_id, outcome)
+@shared_task(name=PROCESS_EVENT_TASK)
+def process_event(event_id: str, handler: str | None = None) -> None:
+    """A message of the previous version (one event, one handler), still queued after an
+    upgrade: forwarded as the one kind of delivery message."""
+    process_events.delay([event_id])
 
 
 def _retry_later(task: Task[Any, Any], exc: Exception) -> Exception:
@@ -81,19 +78,23 @@ def _retry_later(task: Task[Any, Any], exc: Exception) -> Exception:
     return task.retry(exc=exc, countdown=delay)
 
 
-def _schedule_follow_ups(event_id: str, outcome: Outcome) -> None:
+def _schedule(outcomes: dict[str, Outcome]) -> None:
+    """Deliver an event again when the first of its follow-ups is due: the claim then takes
+    every handler due by that time."""
     # A countdown message sits unacknowledged in the worker; past the visibility timeout
     # Redis would hand out a copy, so longer waits are left to the sweep (``due_at``).
     longest_countdown = current_service().settings.broker_visibility_timeout / 2
-    for follow_up in outcome.follow_ups:
-        if follow_up.delay <= longest_countdown:
-            process_event.apply_async((event_id, follow_up.handler), countdown=follow_up.delay)
+    for event_id, outcome in outcomes.items():
+        if outcome.follow_ups:
+            delay = min(f.delay for f in outcome.follow_ups)
+            if delay <= longest_countdown:
+                process_events.apply_async(([event_id],), countdown=delay)
 
 
 @shared_task(name=SWEEP_TASK)
 def sweep() -> int:
     service = current_service()
-    return handoff.sweep(service.db.sessions, service.publish, service.settings)
+    return relay.sweep(service.db, service.publish, service.settings)
 
 
 @shared_task(name=ROTATE_SUBSCRIPTIONS_TASK)

@@ -61,7 +61,7 @@ def upgrade() -> None:
     op.create_table(
         "handler_attempts",
         sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+            "id", sa.BigInteger(), autoincrement=True, nullable=False
         ),
         sa.Column("event_id", sa.String(length=255), nullable=False),
         sa.Column("handler", sa.String(length=255), nullable=False),
@@ -88,7 +88,6 @@ def upgrade() -> None:
         ["event_id", "handler"],
         unique=True,
         postgresql_where=sa.text("status = 'succeeded'"),
-        sqlite_where=sa.text("status = 'succeeded'"),
     )
 
 

@@ -49,7 +49,7 @@ def upgrade() -> None:
     op.create_table(
         "rotations",
         sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+            "id", sa.BigInteger(), autoincrement=True, nullable=False
         ),
         sa.Column("kind", sa.String(length=20), nullable=False),
         sa.Column("old_id", sa.String(length=255), nullable=True),

@@ -34,13 +34,12 @@ def upgrade() -> None:
         ["event_id", "handler", "run"],
         unique=True,
         postgresql_where=SUCCEEDED,
-        sqlite_where=SUCCEEDED,
     )
 
     op.create_table(
         "audit_log",
         sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+            "id", sa.BigInteger(), autoincrement=True, nullable=False
         ),
         sa.Column("at", Timestamp, nullable=False),
         sa.Column("actor", sa.String(length=255), nullable=False),
@@ -65,7 +64,6 @@ def downgrade() -> None:
         ["event_id", "handler"],
         unique=True,
         postgresql_where=SUCCEEDED,
-        sqlite_where=SUCCEEDED,
     )
     with op.batch_alter_table("event_handlers") as batch:
         batch.drop_column("run")

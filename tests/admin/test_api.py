@@ -124,7 +124,6 @@ def test_masked_fields_follow_the_setting(settings: Settings, auth_headers: dict
     event = client.get("/api/events/msg_rules", headers=auth_headers).get_json()
     assert event["masked_fields"] == ["/data/messages/0/role"]
     assert event["payload"]["data"]["email"] == "ann@example.com"
-    app.extensions["webhooks"].relay.flush()
     app.extensions["webhooks"].db.dispose()
 
 
@@ -173,7 +172,7 @@ def test_event_detail_has_attempts_with_tracebacks_and_truncated_signatures(
     client: FlaskClient, auth_headers: dict[str, str], post_event: PostEvent, service: Service
 ) -> None:
     post_event("model.failed", {"id": "m", "fail_handler": "alert"}, msg_id="msg_api_detail")
-    service.dispatcher.process_event("msg_api_detail")
+    service.dispatcher.process_events(["msg_api_detail"])["msg_api_detail"]
     body = client.get("/api/events/msg_api_detail", headers=auth_headers).get_json()
     (attempt,) = body["attempts"]
     assert attempt["attempt"] == 1
@@ -192,7 +191,7 @@ def test_delete_removes_the_event_and_its_history(
     client: FlaskClient, auth_headers: dict[str, str], post_event: PostEvent, service: Service
 ) -> None:
     post_event("chat.completion", {"id": "c"}, msg_id="msg_del")
-    service.dispatcher.process_event("msg_del")
+    service.dispatcher.process_events(["msg_del"])["msg_del"]
     response = client.delete("/api/events/msg_del", headers=auth_headers)
     assert response.status_code == 200
     assert response.get_json() == {"id": "msg_del", "object": "event", "deleted": True}
@@ -208,8 +207,8 @@ def test_stats_counts_per_status(
 ) -> None:
     post_event("chat.completion", {"id": "a"}, msg_id="msg_st1")
     post_event("nobody.handles", {"id": "b"}, msg_id="msg_st2")
-    service.dispatcher.process_event("msg_st1")
-    service.dispatcher.process_event("msg_st2")
+    service.dispatcher.process_events(["msg_st1"])["msg_st1"]
+    service.dispatcher.process_events(["msg_st2"])["msg_st2"]
     body = client.get("/api/stats", headers=auth_headers).get_json()
     assert body["object"] == "stats"
     assert body["counts"]["succeeded"] == 1
@@ -222,7 +221,7 @@ def test_stats_counts_per_status(
 def test_status_counts_stop_at_the_cap(post_event: PostEvent, service: Service) -> None:
     for n in range(4):
         post_event(msg_id=f"msg_cap{n}")
-    service.relay.flush()
+    service.relay.relay_once()
     with service.db.transaction() as session:
         counts = store.bounded_status_counts(session, cap=3)
     assert counts["queued"] + counts["received"] in (3, 4)  # each status capped at 3

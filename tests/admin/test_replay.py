@@ -52,7 +52,7 @@ def make_dead(service: Service, post_event: PostEvent, event_id: str) -> None:
         "model.failed", {"id": "m", "fail_handler": "alert", "fail_times": 3}, msg_id=event_id
     )
     for _ in range(3):
-        service.dispatcher.process_event(event_id)
+        service.dispatcher.process_events([event_id])[event_id]
     assert event_status(service, event_id) == EventStatus.DEAD
 
 
@@ -76,12 +76,12 @@ def test_replaying_a_dead_event_appends_a_new_run(
         "status": "received",
     }
     # Handed to the broker after the commit, like a new event.
-    assert service.relay.flush()
+    assert service.relay.relay_once() == 1
     assert event_status(service, "msg_dead") == EventStatus.QUEUED
     fresh = state(service, "msg_dead", ALERT)
     assert (fresh.status, fresh.attempts, fresh.run) == (HandlerStatus.PENDING, 0, 2)
 
-    service.dispatcher.process_event("msg_dead")  # attempt 4 > fail_times: succeeds
+    service.dispatcher.process_events(["msg_dead"])["msg_dead"]  # attempt 4 > fail_times: succeeds
     after = attempts(service, "msg_dead")
     assert after[:3] == before  # history untouched
     assert after[3][1:4] == (4, 2, "succeeded")
@@ -102,7 +102,7 @@ def test_a_replayed_run_gets_a_fresh_attempt_budget(
         assert row is not None
         row.payload = {**row.payload, "data": {**row.payload["data"], "fail_times": 99}}
     for _ in range(3):
-        service.dispatcher.process_event("msg_budget")
+        service.dispatcher.process_events(["msg_budget"])["msg_budget"]
     numbers = [(n, run, s) for _, n, run, s, _ in attempts(service, "msg_budget")]
     assert numbers[3:] == [(4, 2, "failed"), (5, 2, "failed"), (6, 2, "failed")]
     assert event_status(service, "msg_budget") == EventStatus.DEAD
@@ -110,12 +110,12 @@ def test_a_replayed_run_gets_a_fresh_attempt_budget(
 
 def test_a_succeeded_event_can_be_run_again(post_event: PostEvent, service: Service) -> None:
     post_event("chat.completion", {"id": "c"}, msg_id="msg_again")
-    service.dispatcher.process_event("msg_again")
+    service.dispatcher.process_events(["msg_again"])["msg_again"]
     with service.db.transaction() as session:
         replay.reset_for_replay(
             session, "msg_again", registry=service.registry, settings=service.settings
         )
-    service.dispatcher.process_event("msg_again")
+    service.dispatcher.process_events(["msg_again"])["msg_again"]
     # Two successes, one per run: the one-success-per-run index allows exactly this.
     assert [(n, run, s) for _, n, run, s, _ in attempts(service, "msg_again")] == [
         (1, 1, "succeeded"),
@@ -127,14 +127,14 @@ def test_replaying_one_handler_leaves_the_others(
     client: FlaskClient, auth_headers: dict[str, str], post_event: PostEvent, service: Service
 ) -> None:
     post_event("multi.step", {"id": "s"}, msg_id="msg_one")
-    service.dispatcher.process_event("msg_one")
+    service.dispatcher.process_events(["msg_one"])["msg_one"]
     step_one = "tests.support.handlers.step_one"
     response = client.post(
         "/api/events/msg_one/replay", json={"handler": step_one}, headers=auth_headers
     )
     assert response.status_code == 202
     assert response.get_json()["handlers"] == [step_one]
-    service.dispatcher.process_event("msg_one")
+    service.dispatcher.process_events(["msg_one"])["msg_one"]
     ran = [(h.rsplit(".", 1)[1], n, run) for h, n, run, _, _ in attempts(service, "msg_one")]
     assert sorted(ran) == [("step_one", 1, 1), ("step_one", 2, 2), ("step_two", 1, 1)]
 
@@ -143,7 +143,7 @@ def test_a_running_handler_is_not_replayed(
     client: FlaskClient, auth_headers: dict[str, str], post_event: PostEvent, service: Service
 ) -> None:
     post_event("chat.completion", {"id": "c"}, msg_id="msg_busy")
-    service.dispatcher.process_event("msg_busy")
+    service.dispatcher.process_events(["msg_busy"])["msg_busy"]
     with service.db.transaction() as session:
         row = session.get(HandlerStateRow, ("msg_busy", RECORD))
         assert row is not None
@@ -175,9 +175,9 @@ def test_replay_refusals(
 def test_bulk_selection_takes_only_failed_and_dead(post_event: PostEvent, service: Service) -> None:
     make_dead(service, post_event, "msg_sel_dead")
     post_event("model.failed", {"id": "f", "fail_handler": "alert"}, msg_id="msg_sel_failed")
-    service.dispatcher.process_event("msg_sel_failed")
+    service.dispatcher.process_events(["msg_sel_failed"])["msg_sel_failed"]
     post_event("chat.completion", {"id": "ok"}, msg_id="msg_sel_ok")
-    service.dispatcher.process_event("msg_sel_ok")
+    service.dispatcher.process_events(["msg_sel_ok"])["msg_sel_ok"]
     with service.db.transaction() as session:
         chosen = replay.replayable_ids(session, replay.EventFilter())
         assert set(chosen) == {"msg_sel_dead", "msg_sel_failed"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from alembic import command
@@ -23,17 +22,14 @@ def config_for(url: str) -> object:
     return config
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'migrations.sqlite3'}"
-    else:
-        with temporary_postgres_database() as url:
-            yield url
+@pytest.fixture
+def empty_database() -> Iterator[str]:
+    with temporary_postgres_database() as url:
+        yield url
 
 
 def test_there_is_a_single_head() -> None:
-    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    script = ScriptDirectory.from_config(alembic_config("postgresql+psycopg://"))
     assert len(script.get_heads()) == 1
 
 

@@ -66,8 +66,7 @@ def test_filters(
 ) -> None:
     post_event("chat.completion", {"id": "chat_f"}, msg_id="msg_chat")
     post_event("model.failed", {"id": "req_f"}, msg_id="msg_model")
-    service.relay.flush()
-    service.dispatcher.process_event("msg_chat")
+    service.dispatcher.process_events(["msg_chat"])["msg_chat"]
 
     def ids(**query: str) -> list[str]:
         body = client.get("/api/events", query_string=query, headers=auth_headers).get_json()
@@ -108,7 +107,7 @@ def test_detail_shows_payload_and_attempts(
         {"id": "chat_d", "fail_handler": "record", "fail_times": 1},
         msg_id="msg_d",
     )
-    service.dispatcher.process_event("msg_d")
+    service.dispatcher.process_events(["msg_d"])["msg_d"]
     body = client.get("/api/events/msg_d", headers=auth_headers).get_json()
     assert body["id"] == "msg_d"
     assert body["type"] == "chat.completion"

@@ -18,11 +18,19 @@ from sqlalchemy import select, update
 
 from tests.support.events import attempts, event_status
 from tests.support.processes import wait_until
-from webhooks_app import dispatch, pgsql, replay, store
+from webhooks_app import dispatch, replay, store
 from webhooks_app.service import Service
 from webhooks_app.store import AttemptRow, EventRow, HandlerStateRow, utcnow
 
 PostEvent = Callable[..., Any]
+
+
+def state_row(event_id: str, handler: str, **values: Any) -> HandlerStateRow:
+    """An (event, handler) state as a worker left it, written directly."""
+    values.setdefault("attempts", 0)
+    return HandlerStateRow(
+        event_id=event_id, handler=handler, max_attempts=5, updated_at=utcnow(), **values
+    )
 
 
 def run_until_settled(
@@ -30,17 +38,17 @@ def run_until_settled(
 ) -> None:
     """Play the worker: process, then process again once the follow-ups' delays have passed."""
     if outcome is None:
-        outcome = service.dispatcher.process_event(event_id)
+        outcome = service.dispatcher.process_events([event_id])[event_id]
     for _ in range(rounds):
         if not outcome.follow_ups:
             return
         time.sleep(max(f.delay for f in outcome.follow_ups))
-        outcome = service.dispatcher.process_event(event_id)
+        outcome = service.dispatcher.process_events([event_id])[event_id]
 
 
 def test_success_runs_the_handler_once(post_event: PostEvent, service: Service, runs: Any) -> None:
     post_event(msg_id="msg_ok")
-    outcome = service.dispatcher.process_event("msg_ok")
+    outcome = service.dispatcher.process_events(["msg_ok"])["msg_ok"]
     assert outcome.ran == ["tests.support.handlers.record"]
     assert outcome.follow_ups == []
     assert event_status(service, "msg_ok") == "succeeded"
@@ -52,8 +60,8 @@ def test_processing_again_never_repeats_a_success(
     post_event: PostEvent, service: Service, runs: Any
 ) -> None:
     post_event(msg_id="msg_again")
-    service.dispatcher.process_event("msg_again")
-    again = service.dispatcher.process_event("msg_again")
+    service.dispatcher.process_events(["msg_again"])["msg_again"]
+    again = service.dispatcher.process_events(["msg_again"])["msg_again"]
     assert again.ran == []
     assert len(runs()) == 1
 
@@ -62,13 +70,13 @@ def test_failure_is_retried_with_backoff_then_succeeds(
     post_event: PostEvent, service: Service, runs: Any
 ) -> None:
     post_event(data={"id": "chat_r", "fail_handler": "record", "fail_times": 2}, msg_id="msg_retry")
-    first = service.dispatcher.process_event("msg_retry")
+    first = service.dispatcher.process_events(["msg_retry"])["msg_retry"]
     assert event_status(service, "msg_retry") == "failed"
     assert len(first.follow_ups) == 1
     # Backoff with the test settings' 0.1 s base: 0.1-0.15 s, then 0.2-0.3 s.
     assert 0.1 <= first.follow_ups[0].delay <= 0.15
     # A retry that comes early is refused: the handler is not due yet.
-    early = service.dispatcher.process_event("msg_retry")
+    early = service.dispatcher.process_events(["msg_retry"])["msg_retry"]
     assert early.ran == []
     assert early.follow_ups == []  # the retry already scheduled will come
     run_until_settled(service, "msg_retry", first)
@@ -103,7 +111,7 @@ def test_exhausted_attempts_make_the_event_dead(
         row = session.get(EventRow, "msg_dead")
         assert row is not None
         assert row.due_at is None  # nothing left for the sweep
-    assert service.dispatcher.process_event("msg_dead").ran == []
+    assert service.dispatcher.process_events(["msg_dead"])["msg_dead"].ran == []
 
 
 def test_handlers_of_one_event_fail_independently(
@@ -112,7 +120,7 @@ def test_handlers_of_one_event_fail_independently(
     post_event(
         "multi.step", {"id": "m1", "fail_handler": "step_two", "fail_times": 1}, msg_id="msg_multi"
     )
-    first = service.dispatcher.process_event("msg_multi")
+    first = service.dispatcher.process_events(["msg_multi"])["msg_multi"]
     assert sorted(h.rsplit(".", 1)[-1] for h in first.ran) == ["step_one", "step_two"]
     assert [f.handler.rsplit(".", 1)[-1] for f in first.follow_ups] == ["step_two"]
     run_until_settled(service, "msg_multi", first)
@@ -125,26 +133,17 @@ def test_handlers_of_one_event_fail_independently(
     ]
 
 
-def test_only_the_named_handler_runs(post_event: PostEvent, service: Service, runs: Any) -> None:
-    post_event("multi.step", {"id": "m2"}, msg_id="msg_one_handler")
-    outcome = service.dispatcher.process_event(
-        "msg_one_handler", only_handler="tests.support.handlers.step_two"
-    )
-    assert outcome.ran == ["tests.support.handlers.step_two"]
-    assert event_status(service, "msg_one_handler") == "processing"
-
-
 def test_a_type_without_handlers_is_skipped(
     post_event: PostEvent, service: Service, runs: Any
 ) -> None:
     post_event("embedding.created", {"id": "e1"}, msg_id="msg_skip")
-    assert service.dispatcher.process_event("msg_skip").ran == []
+    assert service.dispatcher.process_events(["msg_skip"])["msg_skip"].ran == []
     assert event_status(service, "msg_skip") == "skipped"
     assert runs() == []
 
 
 def test_a_deleted_event_is_nothing_to_do(service: Service) -> None:
-    assert service.dispatcher.process_event("msg_never_stored").ran == []
+    assert service.dispatcher.process_events(["msg_never_stored"])["msg_never_stored"].ran == []
 
 
 def test_concurrent_deliveries_run_a_handler_once(
@@ -155,7 +154,7 @@ def test_concurrent_deliveries_run_a_handler_once(
 
     def deliver() -> None:
         barrier.wait()
-        service.dispatcher.process_event("msg_concurrent")
+        service.dispatcher.process_events(["msg_concurrent"])["msg_concurrent"]
 
     threads = [threading.Thread(target=deliver) for _ in range(6)]
     for thread in threads:
@@ -170,10 +169,10 @@ def test_a_held_claim_asks_to_come_back_after_the_lease(
     post_event: PostEvent, service: Service, runs: Any
 ) -> None:
     post_event(data={"id": "chat_h", "sleep": 1}, msg_id="msg_held")
-    worker = threading.Thread(target=service.dispatcher.process_event, args=("msg_held",))
+    worker = threading.Thread(target=service.dispatcher.process_events, args=(["msg_held"],))
     worker.start()
     time.sleep(0.3)
-    second = service.dispatcher.process_event("msg_held")
+    second = service.dispatcher.process_events(["msg_held"])["msg_held"]
     worker.join()
     assert second.ran == []
     assert len(second.follow_ups) == 1
@@ -186,13 +185,16 @@ def test_an_expired_lease_is_taken_over_and_the_lost_attempt_abandoned(
 ) -> None:
     post_event(msg_id="msg_lost")
     # What a worker killed mid-handler leaves behind: a running claim and attempt, no renewals.
-    service.dispatcher.process_event("msg_lost", only_handler="nobody")  # creates the state rows
     now = utcnow()
     with service.db.transaction() as session:
-        session.execute(
-            update(store.handler_states)
-            .where(store.handler_states.c.event_id == "msg_lost")
-            .values(status="running", attempts=1, lease_until=now - timedelta(seconds=1))
+        session.add(
+            state_row(
+                "msg_lost",
+                "tests.support.handlers.record",
+                status="running",
+                attempts=1,
+                lease_until=now - timedelta(seconds=1),
+            )
         )
         session.add(
             AttemptRow(
@@ -203,7 +205,7 @@ def test_an_expired_lease_is_taken_over_and_the_lost_attempt_abandoned(
                 started_at=now - timedelta(seconds=5),
             )
         )
-    outcome = service.dispatcher.process_event("msg_lost")
+    outcome = service.dispatcher.process_events(["msg_lost"])["msg_lost"]
     assert outcome.ran == ["tests.support.handlers.record"]
     assert attempts(service, "msg_lost") == [("record", 1, "abandoned"), ("record", 2, "succeeded")]
     assert event_status(service, "msg_lost") == "succeeded"
@@ -214,11 +216,11 @@ def test_the_lease_is_renewed_while_a_handler_runs(
 ) -> None:
     lease = service.settings.handler_lease_seconds
     post_event(data={"id": "chat_long", "sleep": lease * 1.5}, msg_id="msg_long")
-    worker = threading.Thread(target=service.dispatcher.process_event, args=("msg_long",))
+    worker = threading.Thread(target=service.dispatcher.process_events, args=(["msg_long"],))
     worker.start()
     time.sleep(lease * 1.2)
     # Past the first lease, but renewed: another delivery must not take over.
-    assert service.dispatcher.process_event("msg_long").ran == []
+    assert service.dispatcher.process_events(["msg_long"])["msg_long"].ran == []
     worker.join()
     assert len(runs()) == 1
     assert event_status(service, "msg_long") == "succeeded"
@@ -228,13 +230,14 @@ def test_a_handler_removed_from_the_registry_does_not_hold_the_event_open(
     post_event: PostEvent, service: Service, runs: Any
 ) -> None:
     post_event("multi.step", {"id": "m3"}, msg_id="msg_removed")
-    service.dispatcher.process_event("msg_removed", only_handler="tests.support.handlers.step_one")
-    assert event_status(service, "msg_removed") == "processing"
+    with service.db.transaction() as session:
+        session.add(state_row("msg_removed", "tests.support.handlers.step_one", status="succeeded"))
+        session.add(state_row("msg_removed", "tests.support.handlers.step_two", status="pending"))
     step_two = service.registry.get("tests.support.handlers.step_two")
     assert step_two is not None
     service.registry._handlers.pop(step_two.name)
     try:
-        service.dispatcher.process_event("msg_removed")
+        service.dispatcher.process_events(["msg_removed"])["msg_removed"]
         assert event_status(service, "msg_removed") == "succeeded"
         with service.db.transaction() as session:
             row = session.get(EventRow, "msg_removed")
@@ -248,16 +251,11 @@ def test_a_handler_removed_from_the_registry_does_not_hold_the_event_open(
         service.registry._handlers[step_two.name] = step_two
 
 
-@pytest.mark.parametrize("path", ["one event", "batch"])
 def test_a_handler_that_outlives_its_lease_does_not_overwrite_the_takeover(
-    post_event: PostEvent, service: Service, runs: Any, path: str
+    post_event: PostEvent, service: Service, runs: Any
 ) -> None:
     post_event(data={"id": "chat_slow", "sleep": 1}, msg_id="msg_overtaken")
-    dispatcher = service.dispatcher
-    worker = threading.Thread(
-        target=dispatcher.process_event if path == "one event" else dispatcher.process_events,
-        args=("msg_overtaken" if path == "one event" else ["msg_overtaken"],),
-    )
+    worker = threading.Thread(target=service.dispatcher.process_events, args=(["msg_overtaken"],))
     worker.start()
     time.sleep(0.4)
     # Meanwhile another worker, believing the first dead, claimed the handler (token 2).
@@ -331,7 +329,7 @@ def test_a_failing_handler_in_a_batch_fails_alone_and_is_retried(
     assert event_status(service, "msg_f") == "failed"
     assert event_status(service, "msg_fine") == "succeeded"
     time.sleep(follow_up.delay)
-    # A redelivered batch takes the retry through the one-event path; step_two does not rerun.
+    # The follow-up delivery claims the retry that is now due; step_two does not rerun.
     service.dispatcher.process_events(["msg_f", "msg_fine"])
     assert sorted(attempts(service, "msg_f")) == [
         ("step_one", 1, "failed"),
@@ -371,32 +369,6 @@ def test_a_batch_leaves_a_handler_held_elsewhere_alone(
     assert [r["event"] for r in runs()] == ["msg_free"]
 
 
-def test_a_claim_missed_in_a_batch_is_settled_by_the_one_event_path(
-    post_event: PostEvent, service: Service, runs: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A handler the batch's claim statement does not return (held elsewhere, finished, waiting
-    # for a retry: here, left out of it) sends its event to the one-event path, which decides.
-    post_event(msg_id="msg_missed")
-    post_event(msg_id="msg_made")
-    send_claims = pgsql.claim
-
-    def all_but_one(connection: Any, ids: Any, *args: Any, **kwargs: Any) -> Any:
-        return send_claims(connection, [i for i in ids if i != "msg_missed"], *args, **kwargs)
-
-    monkeypatch.setattr(pgsql, "claim", all_but_one)
-    outcomes = service.dispatcher.process_events(["msg_missed", "msg_made"])
-    assert {k: v.ran for k, v in outcomes.items()} == {
-        "msg_missed": ["tests.support.handlers.record"],
-        "msg_made": ["tests.support.handlers.record"],
-    }
-    assert sorted(r["event"] for r in runs()) == ["msg_made", "msg_missed"]
-    assert attempts(service, "msg_missed") == [("record", 1, "succeeded")]
-    assert [event_status(service, i) for i in ("msg_missed", "msg_made")] == [
-        "succeeded",
-        "succeeded",
-    ]
-
-
 def test_a_batch_marks_its_events_processing_while_their_handlers_run(
     post_event: PostEvent, service: Service, runs: Any
 ) -> None:
@@ -433,8 +405,7 @@ def test_a_batch_runs_a_replayed_handler_and_leaves_the_finished_one_alone(
             settings=service.settings,
             handler="tests.support.handlers.step_one",
         )
-    # step_one's row is pending: the batch takes it; step_two's succeeded row is left alone,
-    # and the one-event path settles the event.
+    # step_one's row is pending: the claim takes it; step_two's succeeded row is left alone.
     outcome = service.dispatcher.process_events(["msg_replayed"])["msg_replayed"]
     assert outcome.ran == ["tests.support.handlers.step_one"]
     assert sorted(attempts(service, "msg_replayed")) == [

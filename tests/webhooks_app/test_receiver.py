@@ -59,11 +59,14 @@ def test_accepted_event_is_committed_with_raw_body(client: FlaskClient, service:
     assert row.headers["webhook-signature"] == headers["webhook-signature"]
 
 
-def test_accepted_event_is_handed_to_the_broker(
+def test_accepted_event_awaits_the_relay_and_it_hands_it_to_the_broker(
     client: FlaskClient, service: Service, post_event: PostEvent
 ) -> None:
     post_event(msg_id="msg_handoff")
-    assert service.relay.flush(10)
+    row = stored(service, "msg_handoff")
+    assert row is not None
+    assert row.status == EventStatus.RECEIVED
+    assert service.relay.relay_once() == 1  # publishes to the test's real Redis
     row = stored(service, "msg_handoff")
     assert row is not None
     assert row.status == EventStatus.QUEUED
@@ -86,6 +89,25 @@ def test_repeated_id_is_a_duplicate_and_stored_once(
     assert second.status_code == 200
     assert second.get_json() == {"id": "msg_twice", "status": "duplicate"}
     assert event_count(service) == 1
+    row = stored(service, "msg_twice")
+    assert row is not None
+    assert row.differing_duplicates == 0
+
+
+def test_a_duplicate_with_another_body_keeps_the_first_and_is_counted_and_logged(
+    post_event: PostEvent, service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = post_event(data={"id": "chat_1", "v": 1}, msg_id="msg_differs")
+    second = post_event(data={"id": "chat_1", "v": 2}, msg_id="msg_differs")
+    assert first.get_json()["status"] == "accepted"
+    assert second.get_json() == {"id": "msg_differs", "status": "duplicate"}
+    row = stored(service, "msg_differs")
+    assert row is not None
+    assert row.payload["data"]["v"] == 1
+    assert row.differing_duplicates == 1
+    assert any(
+        r.levelname == "WARNING" and "different body" in r.getMessage() for r in caplog.records
+    )
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,7 @@ def test_register_then_a_signed_delivery_reaches_the_handler(
     event = stored_event(live.service, sent["id"])
     assert event is not None
     assert event.data_id == "chat_registered"
-    live.service.dispatcher.process_event(sent["id"])
+    live.service.dispatcher.process_events([sent["id"]])
     assert [(r["event"], r["handler"]) for r in runs()] == [(sent["id"], "record")]
 
 

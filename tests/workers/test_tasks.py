@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 from flask import Flask
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from tests.support.events import attempts, event_status
@@ -28,8 +29,8 @@ def test_a_message_whose_connection_was_dropped_is_tried_again_and_handled(
     # The worker's connection, in steady use (so not pinged), dropped by the server as in a
     # failover: the message's first transaction fails on it.
     monkeypatch.setattr(database, "REST_BEFORE_PING_SECONDS", 3600.0)
-    with service.db.pipelined_transaction() as pipeline:
-        dropped = pipeline.backend_pid
+    with service.db.begin() as connection:
+        dropped = connection.scalar(text("SELECT pg_backend_pid()"))
     with service.db.engine.connect() as admin:
         assert admin.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": dropped})
     with app.app_context():
@@ -50,18 +51,19 @@ def test_a_message_that_keeps_failing_is_left_to_the_sweep(
     assert post_event(msg_id="msg_locked").status_code == 200
     # A real failure each time: the worker's connection gives up waiting for a lock after
     # 50 ms (LockNotAvailable, an OperationalError) while another transaction holds the row.
-    with service.db.pipelined_transaction() as pipeline:
-        pipeline.send("SET lock_timeout = '50ms'")
+    with service.db.begin() as connection:
+        connection.execute(text("SET lock_timeout = '50ms'"))
     try:
         with service.db.engine.begin() as holder:
             holder.execute(text("SELECT id FROM events WHERE id = 'msg_locked' FOR UPDATE"))
             with app.app_context():
                 result = tasks.process_events.apply(args=(["msg_locked"],))
     finally:
-        with service.db.pipelined_transaction() as pipeline:
-            pipeline.send("RESET lock_timeout")
+        with service.db.begin() as connection:
+            connection.execute(text("RESET lock_timeout"))
     assert result.state == "FAILURE"
-    assert isinstance(result.result, psycopg.errors.LockNotAvailable)
+    assert isinstance(result.result, sa_exc.OperationalError)
+    assert isinstance(result.result.orig, psycopg.errors.LockNotAvailable)
     # Nothing was claimed; the event keeps its due time, and the sweep publishes it again.
     assert event_status(service, "msg_locked") in {"received", "queued"}
     assert attempts(service, "msg_locked") == []

@@ -297,7 +297,6 @@ def replay_event(event_id: str) -> ResponseReturnValue:
             _record(session, "event.replay", event_id, handlers=list(done.handlers))
     except replay.ReplayError as exc:
         raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param) from None
-    service.relay.submit(event_id)
     flash(f"Replay queued: {', '.join(done.handlers)}.", "ok")
     return redirect(url_for("admin.event_detail", event_id=event_id))
 
@@ -344,8 +343,6 @@ def bulk_replay() -> ResponseReturnValue:
             replayed=len(result.replayed),
             skipped=len(result.skipped),
         )
-    for event_id in result.replayed:
-        service.relay.submit(event_id)
     message = f"Replay queued for {len(result.replayed)} events."
     if result.skipped:
         message += f" {len(result.skipped)} skipped (running or without handlers)."
