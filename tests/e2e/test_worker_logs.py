@@ -104,6 +104,7 @@ def test_handler_lines_attempt_lines_and_tracebacks_reach_the_workers_stderr(
             a["event_id"] == event_id
             and a["handler"] == "loud_handlers.shout"
             and a["status"] == "failed"
+            and a["duration_ms"] >= 0  # how long the handler ran
             for a in attempts
         ), text[-3000:]
         failed = [line for line in lines if line.get("event", "").startswith("handler failed")]
