@@ -18,8 +18,10 @@ import ipaddress
 import os
 import secrets
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
@@ -144,6 +146,7 @@ def run(
     instance_dir = default_instance_dir(child_env)
     child_env["INSTANCE_DIR"] = str(instance_dir)
     server: embedded.EmbeddedServer | None = None
+    cleanup: list[Callable[[], object]] = []
     try:
         if not child_env.get("DATABASE_URL", "").strip():
             try:
@@ -158,8 +161,14 @@ def run(
         base = browse_url(host, port)
         say(f"Listening on http://{bind_address(host, port)}")
         manager = Manager(printer=Printer(sys.stdout))
+        # Each process's metrics samples in a directory of this run, removed when it ends even
+        # if a process had to be killed (a process that makes its own removes it at exit only).
+        metrics_root = Path(tempfile.mkdtemp(prefix="webhooks-run-metrics-"))
+        cleanup.append(lambda: shutil.rmtree(metrics_root, ignore_errors=True))
         for name, command in {**procfile_commands(host, port), **(extra or {})}.items():
-            manager.add_process(name, command, env=child_env, cwd=str(ROOT))
+            (metrics_root / name).mkdir()
+            process_env = {**child_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_root / name)}
+            manager.add_process(name, command, env=process_env, cwd=str(ROOT))
         stopping = threading.Event()
 
         def ready() -> None:
@@ -176,6 +185,8 @@ def run(
     except KeyboardInterrupt:
         return 130
     finally:
+        for step in cleanup:
+            step()
         if server is not None:
             server.stop()
             say("PostgreSQL (embedded) stopped")

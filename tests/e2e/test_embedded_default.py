@@ -45,7 +45,10 @@ class MakeRun:
             HANDLERS_MODULE=handlers,
             ADMIN_API_TOKEN=ADMIN_TOKEN,
             WEB_CONCURRENCY="1",
+            # Its own temporary directory, to see what a run leaves behind there.
+            TMPDIR=str(clone.parent / "tmp"),
         )
+        (clone.parent / "tmp").mkdir(exist_ok=True)
         self.log = log
         with log.open("ab") as out:
             # -o: the venv is this one, already installed; make must not reinstall it.
@@ -115,6 +118,7 @@ def test_make_run_on_a_fresh_copy_with_no_server(outside_pytest_tmp: Path) -> No
     assert "PostgreSQL (embedded) stopped" in first.output()
     assert not (clone / "instance" / "postgres" / "postmaster.pid").exists()
     assert not (clone / "instance" / "postgres.url").exists()
+    assert not list((tmp_path / "tmp").glob("webhooks-*metrics*"))
 
     second = MakeRun(clone, port, tmp_path / "second.log")
     try:
