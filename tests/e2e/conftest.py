@@ -112,8 +112,6 @@ def stack(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "workers.celery_app",
             "beat",
             "--loglevel=INFO",
-            "--schedule",
-            str(log_dir / "beat-schedule"),
         ],
         env,
         log_dir,
