@@ -34,6 +34,9 @@ reuse_port = os.environ.get("WEB_REUSE_PORT", "1") != "0"
 preload_app = False
 accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG") else None
 errorlog = "-"
+# gunicorn 27's control socket (for gunicornc) is unused here, and every master of one user
+# would share its one path in $HOME. Older gunicorn ignores the setting.
+control_socket_disable = True
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 _metrics: dict[str, str] = {}
