@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
+from webhooks_app import web
 from webhooks_app.config import Settings
 from webhooks_app.database import Database
 from webhooks_app.dispatch import Dispatcher
@@ -25,8 +25,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         TESTING=settings.testing,
     )
-    # One proxy (the platform's router) sets X-Forwarded-For/-Proto in front of gunicorn.
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
+    web.trust_proxies(app, settings.trusted_proxies)
+    web.init_app(app)
     configure_logging(settings.log_level, settings.log_format)
 
     db = Database()

@@ -10,12 +10,13 @@ from typing import Any
 from flask import Blueprint, current_app, g, request
 from flask_wtf.csrf import CSRFError
 
-from webhooks_app import audit, masking, replay, store
+from webhooks_app import actions, audit, masking, params, store
 from webhooks_app.admin.auth import session_admin
 from webhooks_app.errors import ApiError
 from webhooks_app.openapi import openapi_document
 from webhooks_app.service import current_service
 from webhooks_app.store import AttemptRow, EventRow, EventStatus
+from webhooks_app.web import client_address
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -73,35 +74,21 @@ def require_token() -> None:
     g.api_actor = TOKEN_ACTOR
 
 
+def _operator() -> actions.Operator:
+    return actions.Operator(g.api_actor, client_address())
+
+
 @bp.get("/events")
 def list_events() -> dict[str, Any]:
-    args = request.args
-    status = args.get("status") or None
-    if status is not None and status not in {s.value for s in EventStatus}:
-        raise ApiError(
-            400,
-            "status must be one of: " + ", ".join(s.value for s in EventStatus) + ".",
-            code="invalid_parameter",
-            param="status",
-        )
-    filters = store.EventFilter(
-        type=args.get("type") or None,
-        status=status,
-        since=_timestamp_arg("since"),
-        until=_timestamp_arg("until"),
-        data_id=args.get("data_id") or None,
-        search=args.get("q") or None,
+    filters = params.event_filter(request.args)
+    limit = params.integer(
+        request.args, "limit", default=DEFAULT_PAGE_SIZE, low=1, high=MAX_PAGE_SIZE
     )
-    limit = _int_arg("limit", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+    cursor = params.cursor(request.args)
     service = current_service()
     with service.db.transaction() as session:
-        try:
-            page = store.list_events(
-                session, filters, limit=limit, cursor=args.get("cursor") or None
-            )
-        except store.CursorError as exc:
-            raise ApiError(400, str(exc), code="invalid_cursor", param="cursor") from None
-        rules = _mask_rules()
+        page = actions.list_events(session, filters, limit=limit, cursor=cursor)
+        rules = actions.mask_rules(service)
         data = [event_json(row, mask_rules=rules) for row in page.events]
     return {
         "object": "list",
@@ -111,15 +98,14 @@ def list_events() -> dict[str, Any]:
     }
 
 
-@bp.get("/events/<event_id>")
+@bp.get("/events/<event_id:event_id>", merge_slashes=False)
 def get_event(event_id: str) -> dict[str, Any]:
-    with current_service().db.transaction() as session:
-        row = store.get_event(session, event_id)
-        if row is None:
-            raise ApiError(
-                404, f"No event with id {event_id!r}.", code="event_not_found", param="id"
-            )
-        body = event_json(row, store.attempts_for(session, event_id), mask_rules=_mask_rules())
+    service = current_service()
+    with service.db.transaction() as session:
+        row = actions.load_event(session, event_id)
+        body = event_json(
+            row, store.attempts_for(session, event_id), mask_rules=actions.mask_rules(service)
+        )
         body["headers"] = dict(masking.display_headers(row.headers))
         return body
 
@@ -171,52 +157,6 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _timestamp_arg(name: str) -> datetime | None:
-    raw = request.args.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        if raw.isascii() and raw.isdigit():
-            return datetime.fromtimestamp(int(raw), UTC)
-        return store.parse_moment(raw)
-    except (ValueError, OverflowError, OSError):
-        raise ApiError(
-            400, f"{name} must be ISO 8601 or Unix seconds.", code="invalid_parameter", param=name
-        ) from None
-
-
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name, "").strip()
-    if not raw:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-        raise ApiError(
-            400,
-            f"{name} must be an integer from {low} to {high}.",
-            code="invalid_parameter",
-            param=name,
-        )
-    return int(raw)
-
-
-# --- admin actions: replay, delete, reveal, stats, audit ------------------------------------
-
-
-def _mask_rules() -> masking.MaskRules:
-    return masking.MaskRules.parse(current_service().settings.pii_mask_fields)
-
-
-def _record(session: Any, action: str, target: str | None, **details: Any) -> None:
-    audit.record(
-        session,
-        actor=g.api_actor,
-        action=action,
-        target=target,
-        details=details,
-        remote_addr=request.remote_addr,
-    )
-
-
 def _json_body() -> dict[str, Any]:
     if not request.get_data(cache=True):
         return {}
@@ -226,28 +166,17 @@ def _json_body() -> dict[str, Any]:
     return body
 
 
-def _not_found(event_id: str) -> ApiError:
-    return ApiError(404, f"No event with id {event_id!r}.", code="event_not_found", param="id")
+def _optional_string(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string.", code="invalid_parameter", param=name)
+    return value or None
 
 
-@bp.post("/events/<event_id>/replay")
+@bp.post("/events/<event_id:event_id>/replay", merge_slashes=False)
 def replay_event(event_id: str) -> tuple[dict[str, Any], int]:
-    handler = _json_body().get("handler")
-    if handler is not None and not isinstance(handler, str):
-        raise ApiError(400, "handler must be a string.", code="invalid_parameter", param="handler")
-    service = current_service()
-    try:
-        with service.db.transaction() as session:
-            done = replay.reset_for_replay(
-                session,
-                event_id,
-                registry=service.registry,
-                settings=service.settings,
-                handler=handler or None,
-            )
-            _record(session, "event.replay", event_id, handlers=list(done.handlers))
-    except replay.ReplayError as exc:
-        raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param) from None
+    handler = _optional_string(_json_body(), "handler")
+    done = actions.replay(current_service(), _operator(), event_id, handler=handler)
     return {
         "id": event_id,
         "object": "event.replay",
@@ -256,36 +185,60 @@ def replay_event(event_id: str) -> tuple[dict[str, Any], int]:
     }, 202
 
 
-@bp.delete("/events/<event_id>")
+@bp.post("/replay")
+def bulk_replay() -> tuple[dict[str, Any], int]:
+    """Replay the failed/dead events a filter selects (the list's filter, in the body)."""
+    body = _json_body()
+    given: dict[str, str] = {}
+    for name in params.EVENT_FILTER_FIELDS:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and name in {"since", "until"}:
+            value = str(value)
+        if value is not None and not isinstance(value, str):
+            raise ApiError(400, f"{name} must be a string.", code="invalid_parameter", param=name)
+        if value:
+            given[name] = value
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise ApiError(
+            400, "dry_run must be true or false.", code="invalid_parameter", param="dry_run"
+        )
+    filters = params.event_filter(given)
+    service = current_service()
+    if dry_run:
+        ids = actions.preview_bulk_replay(service, filters)
+        return {
+            "object": "bulk_replay",
+            "dry_run": True,
+            "replayed": ids,
+            "skipped": {},
+            "limit": actions.BULK_REPLAY_LIMIT,
+        }, 200
+    result = actions.bulk_replay(service, _operator(), filters, filter_args=given)
+    return {
+        "object": "bulk_replay",
+        "dry_run": False,
+        "replayed": list(result.replayed),
+        "skipped": result.skipped,
+        "limit": actions.BULK_REPLAY_LIMIT,
+    }, 202
+
+
+@bp.delete("/events/<event_id:event_id>", merge_slashes=False)
 def delete_event(event_id: str) -> dict[str, Any]:
-    with current_service().db.transaction() as session:
-        row = store.delete_event(session, event_id)
-        if row is None:
-            raise _not_found(event_id)
-        _record(session, "event.delete", event_id, type=row.type, data_id=row.data_id)
+    actions.delete_event(current_service(), _operator(), event_id)
     return {"id": event_id, "object": "event", "deleted": True}
 
 
-@bp.post("/events/<event_id>/reveal")
+@bp.post("/events/<event_id:event_id>/reveal", merge_slashes=False)
 def reveal_field(event_id: str) -> dict[str, Any]:
     field = _json_body().get("field")
     if not isinstance(field, str):
         raise ApiError(
             400, "field (a JSON Pointer) is required.", code="invalid_parameter", param="field"
         )
-    with current_service().db.transaction() as session:
-        row = store.get_event(session, event_id)
-        if row is None:
-            raise _not_found(event_id)
-        if field not in masking.mask(row.payload, _mask_rules()).pointers:
-            raise ApiError(
-                400,
-                "field must be one of the event's masked_fields.",
-                code="invalid_parameter",
-                param="field",
-            )
-        _record(session, "event.reveal_field", event_id, field=field)
-        return {"id": event_id, "field": field, "value": masking.value_at(row.payload, field)}
+    done = actions.reveal_field(current_service(), _operator(), event_id, field)
+    return {"id": event_id, "field": done.field, "value": done.value}
 
 
 @bp.get("/stats")
@@ -304,23 +257,13 @@ def stats() -> dict[str, Any]:
 
 @bp.get("/audit")
 def audit_entries() -> dict[str, Any]:
-    try:
-        start = audit.parse_bound(request.args.get("start"), "start", end=False)
-        end = audit.parse_bound(request.args.get("end"), "end", end=True)
-    except audit.RangeError as exc:
-        raise ApiError(400, str(exc), code="invalid_parameter", param=exc.param) from None
-    limit = _int_arg("limit", 100, 1, 500)
+    args = request.args
+    start = params.moment(args, "start")
+    end = params.moment(args, "end", end=True)
+    limit = params.integer(args, "limit", default=100, low=1, high=500)
+    cursor = params.cursor(args)
     with current_service().db.transaction() as session:
-        try:
-            page = audit.list_entries(
-                session,
-                start=start,
-                end=end,
-                limit=limit,
-                cursor=request.args.get("cursor") or None,
-            )
-        except store.CursorError as exc:
-            raise ApiError(400, str(exc), code="invalid_cursor", param="cursor") from None
+        page = actions.list_audit(session, start=start, end=end, limit=limit, cursor=cursor)
         data = [audit.entry_json(row) for row in page.entries]
     return {
         "object": "list",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, insert, or_, select
@@ -32,32 +32,9 @@ def record(
             action=action,
             target=None if target is None else target[:255],
             details=details or {},
-            remote_addr=remote_addr,
+            remote_addr=None if remote_addr is None else remote_addr[:64],
         )
     )
-
-
-class RangeError(ValueError):
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-def parse_bound(raw: str | None, param: str, *, end: bool) -> datetime | None:
-    """``2024-01-31`` (a whole day: ``end`` takes it inclusively) or an ISO 8601 moment."""
-    if raw is None or not raw.strip():
-        return None
-    raw = raw.strip()
-    try:
-        if len(raw) == 10:
-            day = date.fromisoformat(raw)
-            moment = datetime.combine(day, time(), UTC)
-            return moment + timedelta(days=1) if end else moment
-        return store.parse_moment(raw)
-    except (ValueError, OverflowError):
-        raise RangeError(
-            f"{param} must be a date (YYYY-MM-DD) or an ISO 8601 date and time.", param
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -82,7 +59,8 @@ def list_entries(
         query = query.where(AuditRow.at < end)
     if cursor:
         at, raw_id = decode_cursor(cursor)
-        if not raw_id.isdigit():
+        # isascii first: "²".isdigit() is true and int() refuses it; 18 digits fit a bigint.
+        if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 18):
             raise store.CursorError("The cursor is not one this API returned.")
         query = query.where(
             or_(AuditRow.at < at, and_(AuditRow.at == at, AuditRow.id < int(raw_id)))

@@ -116,6 +116,8 @@ class Settings:
     # Set by `make run` (webhooks_app.devserver) on a loopback bind with no admin configured:
     # the token of the one-time login link it prints (see webhooks_app/admin/login_link.py).
     admin_login_token: str | None = None
+    # Proxies in front that append to X-Forwarded-For; none: the headers are not believed.
+    trusted_proxies: int = 0
     # Dotted payload paths masked in the page and the API; a bare name matches at any depth.
     pii_mask_fields: tuple[str, ...] = DEFAULT_PII_MASK_FIELDS
     event_retention_days: int | None = None  # None: keep events forever
@@ -269,6 +271,7 @@ class Settings:
                 if username and password_hash
                 else env.get(ADMIN_LOGIN_TOKEN_ENV, "").strip() or None
             ),
+            trusted_proxies=integer("TRUSTED_PROXIES", defaults.trusted_proxies),
             pii_mask_fields=mask_fields,
             event_retention_days=retention,
             handoff_batch_size=integer("HANDOFF_BATCH_SIZE", 50, minimum=1),

@@ -41,7 +41,7 @@ from webhooks_app.events import Event
 from webhooks_app.registry import WILDCARD, Handler
 from webhooks_app.store import AttemptStatus, EventStatus, HandlerStatus, NewEvent
 
-# PostgreSQL NOTIFY channel: the intake's insert notifies it, the relay listens.
+# PostgreSQL NOTIFY channel: stored events are announced on it, the relays listen.
 CHANNEL = "webhooks_events"
 
 TAKEN_OVER = "Finished after its lease had expired; another attempt took over."
@@ -60,16 +60,13 @@ def _sql(sql: str, **types: Any) -> TextClause:
 
 _STORE = _sql(
     f"""
-WITH stored AS (
-    INSERT INTO events (id, type, status, payload, raw_body, headers, data_id,
-                        webhook_timestamp, received_at, updated_at, due_at)
-    VALUES (:id, :type, '{E.RECEIVED}', CAST(:payload AS jsonb), :raw_body,
-            CAST(:headers AS jsonb), :data_id, :webhook_timestamp, :received_at,
-            :received_at, :due_at)
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id
-)
-SELECT pg_notify('{CHANNEL}', '') FROM stored
+INSERT INTO events (id, type, status, payload, raw_body, headers, data_id,
+                    webhook_timestamp, received_at, updated_at, due_at)
+VALUES (:id, :type, '{E.RECEIVED}', CAST(:payload AS jsonb), :raw_body,
+        CAST(:headers AS jsonb), :data_id, :webhook_timestamp, :received_at,
+        :received_at, :due_at)
+ON CONFLICT (id) DO NOTHING
+RETURNING id
 """,
     raw_body=LargeBinary(),
     received_at=_MOMENT,
@@ -97,8 +94,8 @@ class Stored(StrEnum):
 def store(connection: Connection, event: NewEvent) -> Stored:
     """Store the event unless its id is already stored; a ``Stored`` value.
 
-    Run in autocommit mode: the insert is its own durable transaction, and its NOTIFY wakes the
-    relays when it commits. ``INSERT ... ON CONFLICT DO NOTHING`` lets the unique key decide
+    Run in autocommit mode: the insert is its own durable transaction (the caller then wakes
+    the relays, ``wake_relays``). ``INSERT ... ON CONFLICT DO NOTHING`` lets the unique key decide
     between racing duplicates. A duplicate whose body differs from the stored one is not stored
     (the first body stays) but counted on the event.
     """
@@ -125,6 +122,16 @@ def store(connection: Connection, event: NewEvent) -> Stored:
 
 
 # --- hand-off and the sweep ------------------------------------------------------------------
+
+# Not part of the insert: a NOTIFY in a transaction takes a database-wide lock until that
+# transaction's commit is durable, which would let one intake commit flush at a time.
+_WAKE_RELAYS = text(f"NOTIFY {CHANNEL}")
+
+
+def wake_relays(connection: Connection) -> None:
+    """Tell the listening relays that events await hand-off (autocommit: at once)."""
+    connection.execute(_WAKE_RELAYS)
+
 
 _TAKE_FOR_HANDOFF = _sql(
     f"""
@@ -225,21 +232,29 @@ WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR UPDATE
     ids=_TEXTS,
 )
 
+
 # An event's status, derived from its registered handlers' states (a handler since removed
 # from handlers.py keeps its rows but no longer holds the event open): none: ``skipped``; one
 # pending or running: ``processing``, due when the last lease has run out; one failed:
 # ``failed``, due at its retry; one dead: ``dead``; else ``succeeded``. Due times include the
-# grace the worker gets before the sweep steps in. Returns the events whose status changed.
-_SETTLE = _sql(
-    f"""
-WITH registered AS (
-    SELECT * FROM unnest(CAST(:types AS text[]), CAST(:names AS text[])) AS r(type, handler)
-), states AS (
-    SELECT s.event_id, s.status, s.lease_until, s.next_attempt_at
+# grace the worker gets before the sweep steps in. The CTEs below end a statement that changed
+# some states (``changed``: their new rows): with the statement's own snapshot, taken after the
+# events' lock, they see every other state as it is. ``settled`` holds the events whose status
+# or due time changed.
+def _settling(changed: str) -> str:
+    return f"""
+effective AS (
+    SELECT s.event_id, s.handler, s.status, s.lease_until, s.next_attempt_at
     FROM event_handlers s
-    JOIN events e ON e.id = s.event_id
-    JOIN registered r ON r.handler = s.handler AND r.type IN (e.type, '{WILDCARD}')
-    WHERE s.event_id = ANY(CAST(:ids AS text[]))
+    WHERE s.event_id = ANY(CAST(:ids AS text[])) AND NOT EXISTS (
+        SELECT 1 FROM {changed} c WHERE c.event_id = s.event_id AND c.handler = s.handler)
+    UNION ALL
+    SELECT event_id, handler, status, lease_until, next_attempt_at FROM {changed}
+), states AS (
+    SELECT f.* FROM effective f
+    JOIN events e ON e.id = f.event_id
+    JOIN unnest(CAST(:types AS text[]), CAST(:names AS text[])) AS r(type, handler)
+        ON r.handler = f.handler AND r.type IN (e.type, '{WILDCARD}')
 ), derived AS (
     SELECT e.id,
         CASE
@@ -257,25 +272,29 @@ WITH registered AS (
     FROM events e LEFT JOIN states s ON s.event_id = e.id
     WHERE e.id = ANY(CAST(:ids AS text[]))
     GROUP BY e.id
-)
-UPDATE events e SET status = d.status, due_at = d.due_at, updated_at = :now
-FROM derived d
-WHERE e.id = d.id AND (e.status <> d.status OR e.due_at IS DISTINCT FROM d.due_at)
-RETURNING e.id, e.status
-""",
-    ids=_TEXTS,
-    now=_MOMENT,
-    lease_until=_MOMENT,
-    grace=Interval(),
+), settled AS (
+    UPDATE events e SET status = d.status, due_at = d.due_at, updated_at = :now
+    FROM derived d
+    WHERE e.id = d.id AND (e.status <> d.status OR e.due_at IS DISTINCT FROM d.due_at)
+    RETURNING e.id, e.status
+)"""
+
+
+_SETTLING_TYPES = {
+    "ids": _TEXTS,
+    "now": _MOMENT,
+    "lease_until": _MOMENT,
+    "grace": Interval(),
     **_REGISTERED_TYPES,
-)
+}
 
 # The registered handlers of the (locked) events are claimed in one statement: created already
 # running if the event has no row for the handler yet, taken if its row is pending, failed and
 # due for its retry, or running under a lease that ran out (the attempt of the worker that held
 # it is recorded abandoned). Each claim counts an attempt (the token) and starts an attempt row;
 # attempt numbers continue across runs (a replay starts a new run). A handler another worker
-# holds is returned with the end of its lease, for the caller to come back then.
+# holds is returned with the end of its lease, for the caller to come back then; the events
+# are settled in the same statement.
 _CLAIM = _sql(
     f"""
 WITH wanted AS (
@@ -292,7 +311,8 @@ WITH wanted AS (
     FROM wanted
     ORDER BY event_id, handler
     ON CONFLICT DO NOTHING
-    RETURNING event_id, handler, attempts, run, max_attempts
+    RETURNING event_id, handler, status, lease_until, next_attempt_at, attempts, run,
+              max_attempts
 ), taken AS (
     UPDATE event_handlers s
     SET status = '{H.RUNNING}', attempts = s.attempts + 1, lease_until = :lease_until,
@@ -302,7 +322,8 @@ WITH wanted AS (
         s.status = '{H.PENDING}'
         OR (s.status = '{H.FAILED}' AND s.next_attempt_at <= :now)
         OR (s.status = '{H.RUNNING}' AND s.lease_until <= :now))
-    RETURNING s.event_id, s.handler, s.attempts, s.run, s.max_attempts
+    RETURNING s.event_id, s.handler, s.status, s.lease_until, s.next_attempt_at, s.attempts,
+              s.run, s.max_attempts
 ), claimed AS (
     SELECT * FROM created UNION ALL SELECT * FROM taken
 ), abandoned AS (
@@ -318,21 +339,20 @@ WITH wanted AS (
            c.run, '{A.RUNNING}', :now
     FROM claimed c
     RETURNING id, event_id, handler, number
-)
-SELECT c.event_id, c.handler, c.attempts, c.run, c.max_attempts, s.id AS attempt_id, s.number,
-       NULL AS held_until
+), {_settling("claimed")}
+SELECT 'claim' AS kind, c.event_id, c.handler, c.attempts, c.run, c.max_attempts,
+       s.id AS attempt_id, s.number, NULL AS until, NULL AS status
 FROM claimed c JOIN started s ON s.event_id = c.event_id AND s.handler = c.handler
 UNION ALL
-SELECT h.event_id, h.handler, NULL, NULL, NULL, NULL, NULL, h.lease_until
+SELECT 'held', h.event_id, h.handler, NULL, NULL, NULL, NULL, NULL, h.lease_until, NULL
 FROM event_handlers h JOIN wanted w ON w.event_id = h.event_id AND w.handler = h.handler
 WHERE h.status = '{H.RUNNING}' AND h.lease_until > :now
-ORDER BY 1, 2
+UNION ALL
+SELECT 'settled', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, status FROM settled
+ORDER BY 1, 2, 3
 """,
-    ids=_TEXTS,
-    now=_MOMENT,
-    lease_until=_MOMENT,
     max_attempts=_INTS,
-    **_REGISTERED_TYPES,
+    **_SETTLING_TYPES,
 )
 
 # Guarded by the claim tokens: a claim that was taken over matches nothing, and its attempt is
@@ -360,8 +380,8 @@ WITH outcome AS (
     FROM outcome o
     WHERE s.event_id = o.event_id AND s.handler = o.handler AND s.run = o.run
       AND s.attempts = o.token AND s.status = '{H.RUNNING}'
-    RETURNING s.event_id, s.handler, s.status
-)
+    RETURNING s.event_id, s.handler, s.status, s.lease_until, s.next_attempt_at
+), recorded AS (
 UPDATE handler_attempts a
 SET status = CASE
         WHEN o.error IS NOT NULL THEN '{A.FAILED}'
@@ -374,6 +394,10 @@ SET status = CASE
 FROM outcome o LEFT JOIN ours ON ours.event_id = o.event_id AND ours.handler = o.handler
 WHERE a.id = o.attempt_id
 RETURNING a.event_id, a.handler, a.status, ours.status AS state
+), {_settling("ours")}
+SELECT 'attempt' AS kind, event_id, handler, status, state FROM recorded
+UNION ALL
+SELECT 'settled', id, NULL, status, NULL FROM settled
 """,
     event_ids=_TEXTS,
     handlers=_TEXTS,
@@ -383,7 +407,7 @@ RETURNING a.event_id, a.handler, a.status, ours.status AS state
     errors=_TEXTS,
     tracebacks=_TEXTS,
     retry_at=_MOMENTS,
-    now=_MOMENT,
+    **_SETTLING_TYPES,
 )
 
 _RENEW = _sql(
@@ -455,29 +479,6 @@ class FinishedBatch:
     settled: dict[str, str]
 
 
-def _settle(
-    connection: Connection,
-    ids: Sequence[str],
-    registered: Registered,
-    *,
-    now: datetime,
-    lease: timedelta,
-    grace: timedelta,
-) -> dict[str, str]:
-    rows = connection.execute(
-        _SETTLE,
-        {
-            "ids": list(ids),
-            "now": now,
-            "lease_until": now + lease,
-            "grace": grace,
-            "types": list(registered.types),
-            "names": list(registered.names),
-        },
-    )
-    return {event_id: status for event_id, status in rows}
-
-
 def claim(
     connection: Connection,
     event_ids: Sequence[str],
@@ -503,21 +504,26 @@ def claim(
     found = sorted(events)
     claims: list[Claim] = []
     held: list[Held] = []
-    if found and registered.names:
-        rows = connection.execute(
-            _CLAIM,
-            {
-                "ids": found,
-                "now": now,
-                "lease_until": now + lease,
-                "abandoned": ABANDONED,
-                **registered.params(),
-            },
-        )
-        for row in rows:
-            if row.held_until is not None:
-                held.append(Held(row.event_id, row.handler, row.held_until))
-                continue
+    settled: dict[str, str] = {}
+    if not found:
+        return Claimed(claims, held, set(), settled)
+    rows = connection.execute(
+        _CLAIM,
+        {
+            "ids": found,
+            "now": now,
+            "lease_until": now + lease,
+            "grace": grace,
+            "abandoned": ABANDONED,
+            **registered.params(),
+        },
+    )
+    for row in rows:
+        if row.kind == "settled":
+            settled[row.event_id] = row.status
+        elif row.kind == "held":
+            held.append(Held(row.event_id, row.handler, row.until))
+        else:
             event = events[row.event_id]
             claims.append(
                 Claim(
@@ -537,9 +543,6 @@ def claim(
                     number=row.number,
                 )
             )
-    settled = (
-        _settle(connection, found, registered, now=now, lease=lease, grace=grace) if found else {}
-    )
     return Claimed(claims, held, set(found), settled)
 
 
@@ -571,20 +574,29 @@ def finish(
                 None if o.retry_in is None else now + timedelta(seconds=o.retry_in)
                 for o in outcomes
             ],
-            "now": now,
             "taken_over": TAKEN_OVER,
+            "ids": ids,
+            "now": now,
+            "lease_until": now + lease,
+            "grace": grace,
+            "types": list(registered.types),
+            "names": list(registered.names),
         },
     )
     by_key = {(o.claim.event.id, o.claim.handler): o for o in outcomes}
-    finished = [
-        Finished(
-            ran=by_key[(row.event_id, row.handler)],
-            attempt=AttemptStatus(row.status),
-            state=None if row.state is None else HandlerStatus(row.state),
-        )
-        for row in rows
-    ]
-    settled = _settle(connection, ids, registered, now=now, lease=lease, grace=grace)
+    finished: list[Finished] = []
+    settled: dict[str, str] = {}
+    for row in rows:
+        if row.kind == "settled":
+            settled[row.event_id] = row.status
+        else:
+            finished.append(
+                Finished(
+                    ran=by_key[(row.event_id, row.handler)],
+                    attempt=AttemptStatus(row.status),
+                    state=None if row.state is None else HandlerStatus(row.state),
+                )
+            )
     return FinishedBatch(finished, settled)
 
 

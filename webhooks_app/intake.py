@@ -1,6 +1,6 @@
 """Accepting one delivery: verify the raw bytes, parse, store durably (``engine.store``).
 
-The insert notifies the relays when it commits (PostgreSQL ``NOTIFY``); nothing else is done
+Once the event is committed, the relays are woken (``relay.RelayWaker``); nothing else is done
 on the request path.
 """
 
@@ -43,8 +43,10 @@ class Intake:
         db: Database,
         settings: Settings,
         active_secrets: Callable[[], tuple[Secret, ...]],
+        wake_relays: Callable[[], None],
     ) -> None:
         self._db = db
+        self._wake_relays = wake_relays
         self._tolerance = settings.webhook_tolerance_seconds
         self._grace = timedelta(seconds=settings.handoff_grace_seconds)
         self._active_secrets = active_secrets
@@ -72,4 +74,6 @@ class Intake:
         )
         with self._db.autocommit() as connection:
             stored = engine.store(connection, event)
+        if stored == engine.Stored.CREATED:
+            self._wake_relays()
         return Received(id=event.id, type=event.type, stored=stored)

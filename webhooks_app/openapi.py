@@ -157,6 +157,21 @@ SCHEMAS: dict[str, Any] = {
             "remote_addr": NULLABLE_STRING,
         },
     },
+    "BulkReplay": {
+        "type": "object",
+        "required": ["object", "dry_run", "replayed", "skipped", "limit"],
+        "properties": {
+            "object": {"type": "string", "enum": ["bulk_replay"]},
+            "dry_run": {"type": "boolean"},
+            "replayed": {"type": "array", "items": {"type": "string"}},
+            "skipped": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "Event id: why it was not replayed.",
+            },
+            "limit": {"type": "integer"},
+        },
+    },
     "AuditList": {
         "type": "object",
         "required": ["object", "data", "has_more", "next_cursor"],
@@ -169,8 +184,12 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
-TIME_PARAM = {"type": "string", "description": "ISO 8601 or Unix seconds"}
-DAY_PARAM = {"type": "string", "description": "YYYY-MM-DD (whole day) or ISO 8601"}
+# One parser reads every time bound (params.moment): a day, a moment or Unix seconds.
+TIME_PARAM = {
+    "type": "string",
+    "description": "YYYY-MM-DD (a whole day), ISO 8601 (UTC without an offset) or Unix seconds",
+}
+DAY_PARAM = TIME_PARAM
 
 PATHS: dict[str, Any] = {
     "/webhooks/events": {
@@ -316,7 +335,7 @@ PATHS: dict[str, Any] = {
                     {"type": "string", "enum": [s.value for s in EventStatus]},
                 ),
                 _query("since", "Received at or after.", TIME_PARAM),
-                _query("until", "Received before.", TIME_PARAM),
+                _query("until", "Received before (a day: up to its end).", TIME_PARAM),
                 _query("data_id", "The event's data.id.", {"type": "string"}),
                 _query("q", "An event id or a data.id.", {"type": "string"}),
                 _query("limit", "1 to 200.", {"type": "integer", "minimum": 1, "maximum": 200}),
@@ -401,6 +420,44 @@ PATHS: dict[str, Any] = {
                 **AUTH_ERRORS,
             },
         },
+    },
+    "/api/replay": {
+        "post": {
+            "operationId": "bulkReplay",
+            "summary": "Replay the failed and dead events a filter selects (audited).",
+            "description": "The filter is the event list's, as body fields; at most"
+            " `limit` events, newest first; run it again for more.",
+            "tags": ["events"],
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "type": {"type": "string"},
+                                "status": {"type": "string", "enum": ["failed", "dead"]},
+                                "since": TIME_PARAM,
+                                "until": TIME_PARAM,
+                                "data_id": {"type": "string"},
+                                "q": {"type": "string"},
+                                "dry_run": {
+                                    "type": "boolean",
+                                    "description": "Only list the ids it would replay.",
+                                },
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(_ref("BulkReplay"), "dry_run: what would be replayed."),
+                "202": _json(_ref("BulkReplay"), "Queued."),
+                "400": _error("A bad filter, or a body that is not a JSON object."),
+                "403": _error("Session call without the CSRF token."),
+                **AUTH_ERRORS,
+            },
+        }
     },
     "/api/events/{event_id}/reveal": {
         "parameters": [EVENT_ID],

@@ -2,7 +2,8 @@
 
 * The **relay** hands stored events to the broker after their commit: the events table is the
   outbox. It runs in every Celery worker process (a bootstep, ``workers.celery_app``), waits
-  on PostgreSQL's ``LISTEN`` for the intake's ``NOTIFY``, and, in one transaction, marks a
+  on PostgreSQL's ``LISTEN`` for the ``NOTIFY`` the web processes send after storing events
+  (``RelayWaker``), and, in one transaction, marks a
   batch of ``received`` events ``queued`` (``FOR UPDATE SKIP LOCKED``, so the relays of several
   workers and hosts share the work), publishes their ids, and only then commits. A failed
   publish rolls the mark back: the events stay ``received`` and the next cycle tries again.
@@ -17,6 +18,7 @@ twice runs nothing twice.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -112,6 +114,46 @@ class Relay:
             self.stopping.wait(self._settings.relay_linger_seconds)
             for _ in listener.notifies(timeout=0):
                 pass  # every pending wake-up at once: this cycle takes their events
+
+
+class RelayWaker:
+    """Wakes the relays after the intake stored events, from one thread of this process.
+
+    The request path only sets a flag; the thread sends one ``NOTIFY`` for every event stored
+    since its last one (under load, one for many), on a connection of its own. A lost
+    wake-up costs an event at most the relays' poll interval.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._pending = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def wake(self) -> None:
+        if self._pid != os.getpid():
+            self._start()  # a thread does not survive fork(): one per process, on first use
+        self._pending.set()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pending = threading.Event()
+                self._thread = threading.Thread(target=self._run, name="relay-waker", daemon=True)
+                self._pid = os.getpid()
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._pending.wait()
+            self._pending.clear()
+            try:
+                with self._db.autocommit() as connection:
+                    engine.wake_relays(connection)
+            except Exception:
+                log.warning("could not wake the relays; they will poll", exc_info=True)
+                time.sleep(1.0)
 
 
 class RelayThread:

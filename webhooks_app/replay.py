@@ -8,7 +8,6 @@ woken and the worker runs it like any other delivery (claims, leases, retries).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -18,10 +17,7 @@ from sqlalchemy.orm import Session
 from webhooks_app import engine, store
 from webhooks_app.config import Settings
 from webhooks_app.registry import Registry
-from webhooks_app.store import EventFilter, EventStatus, utcnow
-
-REPLAYABLE_STATUSES = (EventStatus.FAILED.value, EventStatus.DEAD.value)
-BULK_REPLAY_LIMIT = 1000
+from webhooks_app.store import utcnow
 
 
 class ReplayError(Exception):
@@ -106,50 +102,3 @@ def reset_for_replay(
             param="handler",
         )
     return Replayed(event_id, tuple(h.name for h in chosen))
-
-
-def replayable_ids(
-    session: Session, filters: EventFilter, *, limit: int = BULK_REPLAY_LIMIT
-) -> list[str]:
-    """The failed/dead events a filter selects, newest first, at most ``limit``."""
-    query = select(store.events.c.id)
-    if filters.status:
-        if filters.status not in REPLAYABLE_STATUSES:
-            return []
-        query = query.where(store.events.c.status == filters.status)
-    else:
-        query = query.where(store.events.c.status.in_(REPLAYABLE_STATUSES))
-    c = store.events.c
-    if filters.type:
-        query = query.where(c.type == filters.type)
-    if filters.since:
-        query = query.where(c.received_at >= filters.since)
-    if filters.until:
-        query = query.where(c.received_at < filters.until)
-    if filters.search:
-        query = query.where((c.id == filters.search) | (c.data_id == filters.search))
-    query = query.order_by(c.received_at.desc(), c.id.desc()).limit(limit)
-    return list(session.execute(query).scalars())
-
-
-@dataclass(frozen=True)
-class BulkReplay:
-    replayed: tuple[str, ...]
-    skipped: dict[str, str]  # event id -> why
-
-
-def replay_many(
-    session: Session, event_ids: Sequence[str], *, registry: Registry, settings: Settings
-) -> BulkReplay:
-    replayed: list[str] = []
-    skipped: dict[str, str] = {}
-    for event_id in event_ids:
-        try:
-            # A savepoint per event: one refused replay leaves the others in the transaction.
-            with session.begin_nested():
-                reset_for_replay(session, event_id, registry=registry, settings=settings)
-        except ReplayError as exc:
-            skipped[event_id] = exc.message
-        else:
-            replayed.append(event_id)
-    return BulkReplay(tuple(replayed), skipped)

@@ -13,7 +13,7 @@ from webhooks_app.database import Database
 from webhooks_app.dispatch import Dispatcher
 from webhooks_app.intake import Intake
 from webhooks_app.registry import Registry
-from webhooks_app.relay import Publish, Relay
+from webhooks_app.relay import Publish, Relay, RelayWaker
 from webhooks_app.secretbox import SecretBox
 from webhooks_app.signatures import Secret
 from webhooks_app.subscriptions import Subscriptions
@@ -38,8 +38,8 @@ class Service:
     subscriptions: Subscriptions = field(init=False)
 
     def __post_init__(self) -> None:
-        self.intake = Intake(self.db, self.settings, self.active_secrets)
         self.relay = Relay(self.db, self.publish, self.settings)
+        self.intake = Intake(self.db, self.settings, self.active_secrets, RelayWaker(self.db).wake)
         self.subscriptions = Subscriptions(
             self.db, SecretBox.from_settings(self.settings), self.settings
         )

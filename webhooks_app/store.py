@@ -39,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -249,11 +250,33 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, event_id = orjson.loads(raw)
         moment = datetime.fromisoformat(stamp)
-        if moment.tzinfo is None or not isinstance(event_id, str):
+        # A NUL would reach PostgreSQL as a bound value and fail there, not here.
+        if moment.tzinfo is None or not isinstance(event_id, str) or "\x00" in event_id:
             raise ValueError("not a cursor of ours")
         return moment.astimezone(UTC), event_id
     except (binascii.Error, ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
         raise CursorError("The cursor is not one this API returned.") from None
+
+
+def filter_conditions(filters: EventFilter) -> list[ColumnElement[bool]]:
+    """The WHERE clauses a filter stands for: the one query builder of the event list, its
+    counts and bulk replay, so that what an operator sees is what an action selects."""
+    c = events.c
+    conditions: list[ColumnElement[bool]] = []
+    if filters.type:
+        conditions.append(c.type == filters.type)
+    if filters.status:
+        conditions.append(c.status == filters.status)
+    if filters.since:
+        conditions.append(c.received_at >= filters.since)
+    if filters.until:
+        conditions.append(c.received_at < filters.until)
+    if filters.data_id:
+        conditions.append(c.data_id == filters.data_id)
+    if filters.search:
+        # Both sides are indexed (primary key, ix_events_data_id): a bitmap OR, not a scan.
+        conditions.append(or_(c.id == filters.search, c.data_id == filters.search))
+    return conditions
 
 
 @dataclass(frozen=True)
@@ -266,20 +289,7 @@ def list_events(
     session: Session, filters: EventFilter, *, limit: int, cursor: str | None = None
 ) -> EventPage:
     """Newest first, keyset-paginated on (received_at, id): no OFFSET, no COUNT(*)."""
-    query = select(EventRow)
-    if filters.type:
-        query = query.where(EventRow.type == filters.type)
-    if filters.status:
-        query = query.where(EventRow.status == filters.status)
-    if filters.since:
-        query = query.where(EventRow.received_at >= filters.since)
-    if filters.until:
-        query = query.where(EventRow.received_at < filters.until)
-    if filters.data_id:
-        query = query.where(EventRow.data_id == filters.data_id)
-    if filters.search:
-        # Both sides are indexed (primary key, ix_events_data_id): a bitmap OR, not a scan.
-        query = query.where(or_(EventRow.id == filters.search, EventRow.data_id == filters.search))
+    query = select(EventRow).where(*filter_conditions(filters))
     if cursor:
         at, event_id = decode_cursor(cursor)
         query = query.where(
@@ -484,6 +494,23 @@ class AuditRow(Base):
 
 
 audit_log = cast(Table, AuditRow.__table__)
+
+
+class AdminSessionRow(Base):
+    """A logged-in admin page session; the cookie carries its id, this the SHA-256 of it.
+    Logging out deletes the row, so a copied cookie stops working."""
+
+    __tablename__ = "admin_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_admin_sessions_expires_at", "expires_at"),)
+
+
+admin_sessions = cast(Table, AdminSessionRow.__table__)
 
 
 def handler_states_for(session: Session, event_id: str) -> list[HandlerStateRow]:

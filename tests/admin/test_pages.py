@@ -77,18 +77,40 @@ def test_login_with_wrong_credentials_is_refused(
     assert audit_actions(service)[-1] == "admin.login_failed"
 
 
-def test_session_cookie_is_secure_over_https(app: Flask) -> None:
+@pytest.mark.parametrize("via", ["https", "trusted proxy"])
+def test_session_cookie_is_secure_over_https(settings: Settings, via: str) -> None:
+    app = create_app(settings.replace(trusted_proxies=1 if via == "trusted proxy" else 0))
     client = app.test_client()
-    token = csrf_token(client)
+    if via == "https":
+        client = app.test_client()
+        base = {"base_url": "https://localhost"}
+        headers = {}
+    else:
+        base = {}
+        headers = {"X-Forwarded-Proto": "https"}
+    page = client.get("/admin/login", headers=headers, **base).get_data(as_text=True)
+    found = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
+    assert found
     response = client.post(
         "/admin/login",
-        data={"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD, "csrf_token": token},
+        data={"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD, "csrf_token": found[1]},
         # Over HTTPS, Flask-WTF also checks that the form came from this site.
-        headers={"X-Forwarded-Proto": "https", "Referer": "https://localhost/admin/login"},
+        headers={**headers, "Referer": "https://localhost/admin/login"},
+        **base,
     )
     assert response.status_code == 302
     assert "Secure" in response.headers["Set-Cookie"]
     assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+    app.extensions["webhooks"].db.dispose()
+
+
+def test_forwarded_proto_from_an_untrusted_client_is_ignored(app: Flask) -> None:
+    """Without TRUSTED_PROXIES the client's own X-Forwarded-Proto is not believed."""
+    client = unique_client(app)
+    client.environ_base["HTTP_X_FORWARDED_PROTO"] = "https"
+    response = login(client)
+    assert response.status_code == 302
+    assert "Secure" not in response.headers["Set-Cookie"]
 
 
 def test_login_starts_a_new_session(app: Flask) -> None:
@@ -266,7 +288,7 @@ def test_bad_filters_get_a_readable_message(admin_client: FlaskClient) -> None:
     assert "since must be a date" in response.get_data(as_text=True)
     response = admin_client.get("/admin/events?status=lost")
     assert response.status_code == 400
-    assert "Unknown status" in response.get_data(as_text=True)
+    assert "status must be one of" in response.get_data(as_text=True)
 
 
 def test_list_pages_with_a_keyset_cursor(admin_client: FlaskClient, post_event: PostEvent) -> None:

@@ -10,11 +10,12 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from tests.support.events import event_status
-from webhooks_app import replay
+from webhooks_app import actions, replay
 from webhooks_app.config import Settings
 from webhooks_app.service import Service
 from webhooks_app.store import (
     AttemptRow,
+    EventFilter,
     EventRow,
     EventStatus,
     HandlerStateRow,
@@ -179,13 +180,13 @@ def test_bulk_selection_takes_only_failed_and_dead(post_event: PostEvent, servic
     post_event("chat.completion", {"id": "ok"}, msg_id="msg_sel_ok")
     service.dispatcher.process_events(["msg_sel_ok"])["msg_sel_ok"]
     with service.db.transaction() as session:
-        chosen = replay.replayable_ids(session, replay.EventFilter())
+        chosen = actions.replayable_ids(session, EventFilter())
         assert set(chosen) == {"msg_sel_dead", "msg_sel_failed"}
-        only_dead = replay.replayable_ids(session, replay.EventFilter(status="dead"))
+        only_dead = actions.replayable_ids(session, EventFilter(status="dead"))
         assert only_dead == ["msg_sel_dead"]
-        assert replay.replayable_ids(session, replay.EventFilter(status="succeeded")) == []
-        result = replay.replay_many(
-            session, chosen, registry=service.registry, settings=service.settings
-        )
+        assert actions.replayable_ids(session, EventFilter(status="succeeded")) == []
+        # data_id narrows the selection like it narrows the list (it was ignored once).
+        assert actions.replayable_ids(session, EventFilter(data_id="f")) == ["msg_sel_failed"]
+        result = actions.replay_many(session, chosen, service=service)
     assert set(result.replayed) == {"msg_sel_dead", "msg_sel_failed"}
     assert result.skipped == {}

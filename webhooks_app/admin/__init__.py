@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, render_template
 
+from webhooks_app.admin import bidi
 from webhooks_app.admin.security import init_security, no_store, throttle_failed_logins
 from webhooks_app.config import Settings
 from webhooks_app.errors import ApiError, use_html_errors
@@ -22,6 +23,7 @@ bp.after_request(no_store)
 def init_app(app: Flask, settings: Settings, *, csrf_exempt: list[Blueprint]) -> None:
     from webhooks_app.admin import views  # noqa: F401 - registers the routes on bp
 
+    bidi.init_app(app)  # before any template is compiled: finalize is compiled in
     limiter = init_security(app, settings, csrf_exempt=csrf_exempt)
     app.register_blueprint(bp)
     throttle_failed_logins(app, limiter, settings.admin_login_limit, "admin.login")

@@ -11,6 +11,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from webhooks_app.admin.bidi import visible
 from webhooks_app.masking import MASK, to_pointer
 
 INDENT = "  "
@@ -28,7 +29,8 @@ def highlight(
     out: list[str] = []
 
     def span(kind: str, text: str) -> str:
-        return f'<span class="j-{kind}">{escape(text)}</span>'
+        # Bidi controls become JSON escapes (\u202e): the text reads in its real order.
+        return f'<span class="j-{kind}">{escape(visible(text))}</span>'
 
     def scalar(item: Any) -> str:
         if isinstance(item, str):

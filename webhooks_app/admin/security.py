@@ -3,8 +3,8 @@
 * Flask-WTF's CSRFProtect checks every state-changing request app-wide; the webhook endpoints
   are exempt (the provider signs them), and the JSON API checks it itself for cookie-
   authenticated calls only (a bearer token cannot be sent by another site).
-* Flask-Limiter counts failed logins per client address, in Redis when the broker is Redis
-  (shared by every web process), in memory otherwise.
+* Flask-Limiter counts failed logins per client address (``web.client_address``), in Redis
+  when the broker is Redis (shared by every web process), in memory otherwise.
 * Flask-Talisman sets the CSP (no inline script), frame-ancestors 'none', nosniff, HSTS on
   HTTPS requests and the Referrer-Policy.
 """
@@ -18,11 +18,11 @@ from flask import Blueprint, Flask, Response, request
 from flask.sessions import SecureCookieSessionInterface
 from flask.typing import RouteCallable
 from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 from flask_talisman import Talisman
 from flask_wtf.csrf import CSRFProtect
 
 from webhooks_app.config import Settings
+from webhooks_app.web import client_address
 
 CONTENT_SECURITY_POLICY = {
     "default-src": "'self'",
@@ -77,7 +77,8 @@ def init_security(app: Flask, settings: Settings, *, csrf_exempt: list[Blueprint
 
     redis = settings.broker_url.startswith(("redis://", "rediss://"))
     return Limiter(
-        get_remote_address,
+        # The real client (see TRUSTED_PROXIES), never an address a client wrote itself.
+        client_address,
         app=app,
         storage_uri=settings.broker_url if redis else "memory://",
         key_prefix="assisters-webhooks:limits",

@@ -10,74 +10,34 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
-from webhooks_app import audit, masking, replay, store
+from webhooks_app import actions, masking, params, store
 from webhooks_app.admin import bp, login_link
 from webhooks_app.admin.auth import (
+    POLL_HEADER,
     check_credentials,
-    end_session,
+    log_in,
+    log_out,
     login_required,
+    operator,
+    record_failed_login,
     safe_next,
     session_admin,
-    start_session,
 )
 from webhooks_app.admin.forms import LoginForm
 from webhooks_app.admin.jsonhtml import highlight
-from webhooks_app.errors import ApiError
+from webhooks_app.errors import DATABASE_ERRORS, ApiError
 from webhooks_app.service import current_service
-from webhooks_app.store import EventFilter, EventRow, EventStatus
+from webhooks_app.store import EventRow, EventStatus
 
 PAGE_SIZE = 50
-FILTER_FIELDS = ("type", "status", "since", "until", "q")
 
 
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _actor() -> str:
-    return session_admin() or "anonymous"
-
-
-def _record(session: Session, action: str, target: str | None = None, **details: Any) -> None:
-    audit.record(
-        session,
-        actor=_actor(),
-        action=action,
-        target=target,
-        details=details,
-        remote_addr=request.remote_addr,
-    )
-
-
-class FilterError(ValueError):
-    pass
-
-
-def parse_filters(args: MultiDict[str, str]) -> EventFilter:
-    """The list's filters from a query string or form; ``FilterError`` names the bad one."""
-    status = (args.get("status") or "").strip() or None
-    if status is not None and status not in {s.value for s in EventStatus}:
-        raise FilterError(f"Unknown status {status!r}.")
-    try:
-        since = audit.parse_bound(args.get("since"), "since", end=False)
-        until = audit.parse_bound(args.get("until"), "until", end=True)
-    except audit.RangeError as exc:
-        raise FilterError(str(exc)) from None
-    return EventFilter(
-        type=(args.get("type") or "").strip() or None,
-        status=status,
-        since=since,
-        until=until,
-        search=(args.get("q") or "").strip() or None,
-    )
-
-
-def _filter_args(args: MultiDict[str, str]) -> dict[str, Any]:
-    return {name: args[name] for name in FILTER_FIELDS if args.get(name)}
-
-
 def _list_context(args: MultiDict[str, str]) -> tuple[dict[str, Any], int]:
     service = current_service()
-    raw = _filter_args(args)
+    raw = params.filter_args(args)
     context: dict[str, Any] = {
         "filters": raw,
         "statuses": [s.value for s in EventStatus],
@@ -85,17 +45,18 @@ def _list_context(args: MultiDict[str, str]) -> tuple[dict[str, Any], int]:
         "events": [],
         "next_url": None,
         "error": None,
-        "cursor": args.get("cursor") or None,
+        "cursor": None,
     }
     status = 200
     with service.db.transaction() as session:
         context["counts"] = store.bounded_status_counts(session)
         context["total_estimate"] = store.estimated_event_total(session)
         try:
-            filters = parse_filters(args)
-            page = store.list_events(session, filters, limit=PAGE_SIZE, cursor=context["cursor"])
-        except (FilterError, store.CursorError) as exc:
-            context["error"] = str(exc)
+            filters = params.event_filter(args)
+            context["cursor"] = params.cursor(args)
+            page = actions.list_events(session, filters, limit=PAGE_SIZE, cursor=context["cursor"])
+        except (params.ParamError, actions.ActionError) as exc:
+            context["error"] = exc.message
             status = 400
         else:
             context["events"] = page.events
@@ -110,19 +71,11 @@ def _cursor_arg(cursor: str | None) -> dict[str, Any]:
     return {"cursor": cursor} if cursor else {}
 
 
-def _load_event(session: Session, event_id: str) -> EventRow:
-    row = store.get_event(session, event_id)
-    if row is None:
-        raise ApiError(404, f"No event with id {event_id!r}.", code="event_not_found")
-    return row
-
-
 def _detail_context(
     session: Session, row: EventRow, revealed: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
     service = current_service()
-    rules = masking.MaskRules.parse(service.settings.pii_mask_fields)
-    masked = masking.mask(row.payload, rules, keep=revealed)
+    masked = masking.mask(row.payload, actions.mask_rules(service), keep=revealed)
     return {
         "event": row,
         "payload_html": highlight(
@@ -182,18 +135,9 @@ def login() -> ResponseReturnValue:
         if form.validate_on_submit() and check_credentials(
             service.settings, username, form.password.data or ""
         ):
-            start_session(username)
-            with service.db.transaction() as session:
-                _record(session, "admin.login")
+            log_in(username)
             return redirect(safe_next(request.args.get("next")))
-        with service.db.transaction() as session:
-            audit.record(
-                session,
-                actor="anonymous",
-                action="admin.login_failed",
-                details={"username": username[:255]},
-                remote_addr=request.remote_addr,
-            )
+        record_failed_login(username)
         return render_template("admin/login.html", form=form, failed=True, link_only=link_only), 401
     if session_admin() is not None:
         return redirect(safe_next(request.args.get("next")))
@@ -205,31 +149,19 @@ def _login_with_link(token: str) -> ResponseReturnValue:
     service = current_service()
     name = service.settings.admin_name
     if name is None or not login_link.token_matches(service.settings, token):
-        with service.db.transaction() as session:
-            audit.record(
-                session,
-                actor="anonymous",
-                action="admin.login_failed",
-                details={"method": "link"},
-                remote_addr=request.remote_addr,
-            )
+        record_failed_login("", method="link")
         link_only = not service.settings.admin_password_enabled
         page = render_template(
             "admin/login.html", form=LoginForm(), failed=True, link_only=link_only
         )
         return page, 401
-    start_session(name)
-    with service.db.transaction() as session:
-        _record(session, "admin.login", method="link")
+    log_in(name, method="link")
     return redirect(url_for("admin.events"))
 
 
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
-    if session_admin() is not None:
-        with current_service().db.transaction() as session:
-            _record(session, "admin.logout")
-    end_session()
+    log_out()
     return redirect(url_for("admin.login"))
 
 
@@ -246,69 +178,62 @@ def events() -> ResponseReturnValue:
 @bp.get("/events/live")
 @login_required
 def events_live() -> ResponseReturnValue:
+    if not request.headers.get(POLL_HEADER) and not request.args:
+        # A browser opening the event whose id is "live" (the page's poll sends the header).
+        with current_service().db.transaction() as session:
+            if actions.find_event(session, "live") is not None:
+                return _detail_page(session, "live")
     context, status = _list_context(request.args)
     return render_template("admin/_events_live.html", **context), status
 
 
-@bp.get("/events/<event_id>")
+def _detail_page(session: Session, event_id: str) -> str:
+    context = _detail_context(session, actions.load_event(session, event_id))
+    return render_template("admin/event.html", **context)
+
+
+@bp.get("/events/<event_id:event_id>", merge_slashes=False)
 @login_required
 def event_detail(event_id: str) -> ResponseReturnValue:
     with current_service().db.transaction() as session:
-        context = _detail_context(session, _load_event(session, event_id))
-        return render_template("admin/event.html", **context)
+        return _detail_page(session, event_id)
 
 
-@bp.get("/events/<event_id>/live")
+@bp.get("/events/<event_id:event_id>/live", merge_slashes=False)
 @login_required
 def event_live(event_id: str) -> ResponseReturnValue:
     with current_service().db.transaction() as session:
-        context = _detail_context(session, _load_event(session, event_id))
+        row = actions.find_event(session, event_id)
+        if row is None and actions.find_event(session, event_id + "/live") is not None:
+            # The rule with the action segment won, but the id itself ends in "/live".
+            return _detail_page(session, event_id + "/live")
+        context = _detail_context(session, actions.load_event(session, event_id))
         return render_template("admin/_event_live.html", **context)
 
 
-@bp.post("/events/<event_id>/reveal")
+@bp.post("/events/<event_id:event_id>/reveal", merge_slashes=False)
 @login_required
 def reveal_field(event_id: str) -> ResponseReturnValue:
     pointer = request.form.get("pointer", "")
+    done = actions.reveal_field(current_service(), operator(), event_id, pointer)
     with current_service().db.transaction() as session:
-        row = _load_event(session, event_id)
-        rules = masking.MaskRules.parse(current_service().settings.pii_mask_fields)
-        if pointer not in masking.mask(row.payload, rules).pointers:
-            raise ApiError(400, "That field is not a masked field of this event.", code="bad_field")
-        _record(session, "event.reveal_field", event_id, field=pointer)
-        context = _detail_context(session, row, revealed=frozenset({pointer}))
-        return render_template("admin/event.html", revealed=pointer, **context)
+        context = _detail_context(session, done.event, revealed=frozenset({done.field}))
+        return render_template("admin/event.html", revealed=done.field, **context)
 
 
-@bp.post("/events/<event_id>/replay")
+@bp.post("/events/<event_id:event_id>/replay", merge_slashes=False)
 @login_required
 def replay_event(event_id: str) -> ResponseReturnValue:
-    service = current_service()
     handler = request.form.get("handler") or None
-    try:
-        with service.db.transaction() as session:
-            done = replay.reset_for_replay(
-                session,
-                event_id,
-                registry=service.registry,
-                settings=service.settings,
-                handler=handler,
-            )
-            _record(session, "event.replay", event_id, handlers=list(done.handlers))
-    except replay.ReplayError as exc:
-        raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param) from None
+    done = actions.replay(current_service(), operator(), event_id, handler=handler)
     flash(f"Replay queued: {', '.join(done.handlers)}.", "ok")
     return redirect(url_for("admin.event_detail", event_id=event_id))
 
 
-@bp.post("/events/<event_id>/delete")
+@bp.post("/events/<event_id:event_id>/delete", merge_slashes=False)
 @login_required
 def delete_event(event_id: str) -> ResponseReturnValue:
-    with current_service().db.transaction() as session:
-        row = store.delete_event(session, event_id)
-        if row is None:
-            raise ApiError(404, f"No event with id {event_id!r}.", code="event_not_found")
-        _record(session, "event.delete", event_id, type=row.type, data_id=row.data_id)
+    actions.delete_event(current_service(), operator(), event_id)
     flash(f"Deleted event {event_id}.", "ok")
     return redirect(url_for("admin.events"))
 
@@ -318,31 +243,16 @@ def delete_event(event_id: str) -> ResponseReturnValue:
 def bulk_replay() -> ResponseReturnValue:
     """Replay the failed/dead events a filter selects: a confirmation page, then the action."""
     service = current_service()
-    raw = _filter_args(request.form)
-    try:
-        filters = parse_filters(request.form)
-    except FilterError as exc:
-        raise ApiError(400, str(exc), code="invalid_filter") from None
-    with service.db.transaction() as session:
-        ids = replay.replayable_ids(session, filters)
-        if request.form.get("confirm") != "yes":
-            return render_template(
-                "admin/bulk_confirm.html",
-                filters=raw,
-                ids=ids,
-                limit=replay.BULK_REPLAY_LIMIT,
-            )
-        result = replay.replay_many(
-            session, ids, registry=service.registry, settings=service.settings
-        )
-        _record(
-            session,
-            "events.bulk_replay",
-            None,
+    raw = params.filter_args(request.form)
+    filters = params.event_filter(request.form)
+    if request.form.get("confirm") != "yes":
+        return render_template(
+            "admin/bulk_confirm.html",
             filters=raw,
-            replayed=len(result.replayed),
-            skipped=len(result.skipped),
+            ids=actions.preview_bulk_replay(service, filters),
+            limit=actions.BULK_REPLAY_LIMIT,
         )
+    result = actions.bulk_replay(service, operator(), filters, filter_args=raw)
     message = f"Replay queued for {len(result.replayed)} events."
     if result.skipped:
         message += f" {len(result.skipped)} skipped (running or without handlers)."
@@ -363,13 +273,13 @@ def audit_log() -> ResponseReturnValue:
     status = 200
     with current_service().db.transaction() as session:
         try:
-            start = audit.parse_bound(args.get("start"), "start", end=False)
-            end = audit.parse_bound(args.get("end"), "end", end=True)
-            page = audit.list_entries(
-                session, start=start, end=end, limit=100, cursor=args.get("cursor") or None
+            start = params.moment(args, "start")
+            end = params.moment(args, "end", end=True)
+            page = actions.list_audit(
+                session, start=start, end=end, limit=100, cursor=params.cursor(args)
             )
-        except (audit.RangeError, store.CursorError) as exc:
-            error, status = str(exc), 400
+        except (params.ParamError, actions.ActionError) as exc:
+            error, status = exc.message, 400
         else:
             entries = page.entries
             if page.next_cursor:
@@ -398,4 +308,7 @@ def subscriptions() -> Response:
 
 @bp.app_template_global("current_admin")
 def _current_admin() -> str | None:
-    return session_admin()
+    try:
+        return session_admin()
+    except DATABASE_ERRORS:
+        return None  # the error page of a database outage must still render
