@@ -14,12 +14,22 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # One process per core: the threads below cover the waits. Twice as many processes only added
 # context switches (intake 2,730-2,980 against 2,980-3,240 req/s on 2 cores; README, "Benchmark").
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
-# Threads: a request spends much of its time waiting for PostgreSQL's durable commit, which
-# other threads of the process use; and a provider's (or router's) keep-alive connection is kept
-# instead of being closed after every delivery. Measured in the benchmark (README, "Benchmark").
-# WEB_THREADS also sizes each process's intake connection pool (Settings.web_threads).
-worker_class = "gthread"
+# The worker class (WEB_WORKER_CLASS). gevent, the default: each connection is a greenlet, so a
+# client that sends slowly, or opens connections and sends nothing, costs a socket, not one of a
+# few threads, and a request's head must arrive within `keepalive` seconds or the connection is
+# closed: 16 clients trickling a byte a second leave the service answering (tests/hardening/
+# test_slow_clients.py). gthread keeps a provider's connection alive as gevent does and serves
+# more deliveries per second from the same CPU (README, "Benchmark"), but a slow client holds one
+# of its WEB_THREADS threads for as long as it trickles: only behind a proxy that buffers whole
+# requests before passing them on (README, "Security").
+worker_class = os.environ.get("WEB_WORKER_CLASS", "gevent")
+if worker_class not in {"gevent", "gthread"}:
+    raise SystemExit("WEB_WORKER_CLASS must be gevent or gthread")
+# gthread's threads per process; under both classes WEB_THREADS also sizes each process's intake
+# connection pool (Settings.web_threads): more concurrent requests wait for a connection.
 threads = int(os.environ.get("WEB_THREADS", "4"))
+# gevent: connections open at once per process (idle and slow ones included).
+worker_connections = int(os.environ.get("WEB_CONNECTIONS", "1000"))
 # A provider gives up after 10-15 s; answer or fail well before that.
 timeout = 30
 graceful_timeout = 20
@@ -76,6 +86,27 @@ def on_exit(server):  # type: ignore[no-untyped-def]
     created = _metrics.get("created")
     if created:
         shutil.rmtree(created, ignore_errors=True)
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """Answers gunicorn gives itself (a malformed request line or header, 414, 431) in the
+    service's JSON error format instead of gunicorn's HTML page."""
+    from gunicorn import util
+
+    from webhooks_app.connection import server_error_answer
+
+    def write_error(sock, status_int, reason, mesg):  # type: ignore[no-untyped-def]
+        util.write_nonblock(sock, server_error_answer(status_int, reason, mesg))
+
+    util.write_error = write_error
+
+
+def pre_request(worker, req):  # type: ignore[no-untyped-def]
+    # gunicorn drops a Connection header set by the application: this is how the application
+    # closes a connection whose request body it left unread (webhooks_app/connection.py).
+    from webhooks_app.connection import offer_close
+
+    offer_close(req.body, req.force_close)
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]

@@ -10,6 +10,8 @@ from webhooks_app.database import Database
 from webhooks_app.dispatch import Dispatcher
 from webhooks_app.events import Event
 from webhooks_app.extensions import celery_init_app, celery_publisher
+from webhooks_app.hosts import configure_hosts
+from webhooks_app.jsonprovider import DepthSafeJSONProvider
 from webhooks_app.logs import configure_logging
 from webhooks_app.registry import load_handlers, on, registry
 from webhooks_app.service import Service
@@ -20,6 +22,8 @@ __all__ = ["Event", "Settings", "create_app", "on"]
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__, instance_path=str(settings.instance_dir.resolve()))
+    app.json = DepthSafeJSONProvider(app)
+    configure_hosts(app, settings.trusted_hosts)
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -68,9 +69,26 @@ def instance_secret_key(instance_dir: Path) -> str:
     return path.read_text().strip()
 
 
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_NAME = re.compile(rf"\.?({_LABEL}\.)*{_LABEL}")
+
+
+def trusted_hosts(value: str) -> tuple[str, ...]:
+    """TRUSTED_HOSTS: comma-separated host names (or IPv4 addresses), without scheme or port; a
+    leading dot admits every subdomain too (".example.com")."""
+    names = tuple(name.strip().lower() for name in value.split(",") if name.strip())
+    if not all(_HOST_NAME.fullmatch(name) for name in names):
+        raise ConfigError(
+            "TRUSTED_HOSTS must be host names separated by commas, without scheme or port"
+            " (for example: webhooks.example.com,.example.org)"
+        )
+    return names
+
+
 # The operator's name in a session opened by `make run`'s one-time login link.
 LOCAL_ADMIN = "local"
 ADMIN_LOGIN_TOKEN_ENV = "WEBHOOKS_ADMIN_LOGIN_TOKEN"  # noqa: S105 - a variable name
+
 DEFAULT_PII_MASK_FIELDS = ("email", "phone", "content", "input", "arguments")
 
 
@@ -103,6 +121,8 @@ class Settings:
     assisters_api_key_id: str | None = None
     assisters_timeout_seconds: float = 10.0
     public_base_url: str | None = None
+    # Host names the web answers to ("example.com", ".example.com" with subdomains); empty: any.
+    trusted_hosts: tuple[str, ...] = ()
     # Fernet keys, newest first; empty means secrets cannot be stored (see secretbox.py).
     encryption_keys: tuple[str, ...] = ()
     rotation_grace_hours: float = 24.0
@@ -260,6 +280,7 @@ class Settings:
             assisters_api_key_id=env.get("ASSISTERS_API_KEY_ID", "").strip() or None,
             assisters_timeout_seconds=timeout,
             public_base_url=env.get("PUBLIC_BASE_URL", "").strip().rstrip("/") or None,
+            trusted_hosts=trusted_hosts(env.get("TRUSTED_HOSTS", "")),
             encryption_keys=encryption_keys,
             rotation_grace_hours=number("ROTATION_GRACE_HOURS", 24.0, 0, float),
             rotation_days=integer("ROTATION_DAYS", 30),

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, request
 from sqlalchemy import exc as sa_exc
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadHost, HTTPException, SecurityError
 
 # Error types as the provider names them; the HTTP status picks one when a route did not.
 _TYPE_BY_STATUS = {
@@ -111,6 +111,17 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
+        if isinstance(exc, BadHost | SecurityError):
+            # Always JSON: with no usable Host there is no URL adapter, so no page can be built.
+            return error_response(
+                ApiError(
+                    400,
+                    "The Host header is not a valid host name this service answers to"
+                    " (TRUSTED_HOSTS).",
+                    code="invalid_host",
+                    param="Host",
+                )
+            )
         if exc.code == 413:
             return respond(
                 ApiError(

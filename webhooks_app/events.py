@@ -9,6 +9,10 @@ from typing import Any
 import orjson
 
 MAX_TYPE_LENGTH = 200
+# How deep a body's JSON may nest (objects and arrays). orjson parses up to 1,024 levels, but
+# orjson.dumps stops at 255 and the standard library's json near 1,000, and handlers may walk the
+# payload recursively; provider payloads nest a few levels.
+MAX_JSON_DEPTH = 64
 
 
 class EnvelopeError(ValueError):
@@ -40,6 +44,10 @@ def parse_envelope(body: bytes) -> Envelope:
         raise EnvelopeError("The body is not valid JSON.", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise EnvelopeError("The body must be a JSON object.", code="invalid_json")
+    if _nests_deeper(body, payload, MAX_JSON_DEPTH):
+        raise EnvelopeError(
+            f"The body's JSON nests deeper than {MAX_JSON_DEPTH} levels.", code="json_too_deep"
+        )
     event_type = payload.get("event")
     if not isinstance(event_type, str) or not event_type.strip():
         raise EnvelopeError(
@@ -61,6 +69,22 @@ def parse_envelope(body: bytes) -> Envelope:
             param="data",
         )
     return Envelope(type=event_type, data=data, payload=payload)
+
+
+def _nests_deeper(body: bytes, payload: Any, limit: int) -> bool:
+    """Whether ``payload`` (parsed from ``body``) has containers nested deeper than ``limit``."""
+    # Every level opens a bracket: a body with no more brackets than the limit (nearly every
+    # delivery) is settled by two byte counts, without walking the parsed value.
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    level: list[tuple[Any, int]] = [(payload, 1)]
+    while level:
+        value, depth = level.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        level.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 @dataclass(frozen=True)

@@ -51,20 +51,36 @@ class Masked:
 def mask(payload: Any, rules: MaskRules, *, keep: frozenset[str] = frozenset()) -> Masked:
     """A masked copy of ``payload``; ``keep`` names masked fields to leave visible (revealed)."""
     pointers: list[str] = []
-
-    def walk(value: Any, path: tuple[str, ...]) -> Any:
+    root: dict[str, Any] = {}
+    # Iterative, depth first in document order (so ``pointers`` come in that order): a payload
+    # stored before the intake's depth limit may nest past Python's recursion limit.
+    todo: list[tuple[Any, tuple[str, ...], dict[str, Any] | list[Any], Any]] = [
+        (payload, (), root, "value")
+    ]
+    while todo:
+        value, path, parent, slot = todo.pop()
         if path and rules.matches(path):
             pointer = to_pointer(path)
             if pointer not in keep:
                 pointers.append(pointer)
-                return MASK
+                parent[slot] = MASK
+                continue
         if isinstance(value, dict):
-            return {key: walk(item, (*path, str(key))) for key, item in value.items()}
-        if isinstance(value, list):
-            return [walk(item, (*path, str(index))) for index, item in enumerate(value)]
-        return value
-
-    return Masked(walk(payload, ()), tuple(pointers))
+            copy: dict[str, Any] = {}
+            parent[slot] = copy
+            todo.extend(
+                (item, (*path, str(key)), copy, key) for key, item in reversed(value.items())
+            )
+        elif isinstance(value, list):
+            items: list[Any] = [None] * len(value)
+            parent[slot] = items
+            todo.extend(
+                (value[index], (*path, str(index)), items, index)
+                for index in reversed(range(len(value)))
+            )
+        else:
+            parent[slot] = value
+    return Masked(root["value"], tuple(pointers))
 
 
 def to_pointer(path: Iterable[str]) -> str:

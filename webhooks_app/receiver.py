@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from webhooks_app import metrics
 from webhooks_app.engine import Stored
@@ -41,12 +41,60 @@ def _receive_event() -> tuple[dict[str, str], int]:
             code="unsupported_media_type",
             param="Content-Type",
         )
-    body = request.get_data(cache=False)  # over MAX_BODY_BYTES: 413 before anything is read
+    body = _read_body(current_app.config["MAX_CONTENT_LENGTH"])
     try:
         result = current_service().intake.receive(request.headers, body)
     except REFUSALS as exc:
         raise refusal(exc, request.headers.get("webhook-id")) from None
     return answer(result), 200
+
+
+def _read_body(max_bytes: int) -> bytes:
+    """The whole body as sent: 413 over ``max_bytes`` (as declared, or as a chunked body turns
+    out), 400 when it ends before its Content-Length (the client went away)."""
+    declared = request.content_length
+    if declared is not None and declared > max_bytes:
+        raise _too_large(max_bytes)  # nothing read: the connection closes (connection.py)
+    if declared is None and "wsgi.input_terminated" not in request.environ:
+        return b""  # no length and a server that does not end the stream: no body
+    # The WSGI input itself: Werkzeug's max-length stream cannot tell a body of exactly
+    # max_bytes from a longer one, and passes a short body for a whole one.
+    stream = request.environ["wsgi.input"]
+    wanted = max_bytes + 1 if declared is None else declared
+    pieces: list[bytes] = []
+    received = 0
+    try:
+        while received < wanted:
+            piece = stream.read(min(wanted - received, 64 * 1024))
+            if not piece:
+                break
+            pieces.append(piece)
+            received += len(piece)
+    except Exception:  # the server's own errors: a chunked body broke off or is malformed
+        raise _incomplete() from None
+    if received > max_bytes:
+        raise _too_large(max_bytes)
+    if declared is not None and received < declared:
+        raise _incomplete()
+    return b"".join(pieces)
+
+
+def _too_large(max_bytes: int) -> ApiError:
+    metrics.event_received("unknown", "invalid")
+    return ApiError(
+        413,
+        f"The request body is larger than MAX_BODY_BYTES ({max_bytes} bytes); nothing was stored.",
+        code="body_too_large",
+    )
+
+
+def _incomplete() -> ApiError:
+    metrics.event_received("unknown", "invalid")
+    return ApiError(
+        400,
+        "The request body ended before its Content-Length (or its last chunk); nothing was stored.",
+        code="incomplete_body",
+    )
 
 
 # What the intake raises for a delivery it does not store.

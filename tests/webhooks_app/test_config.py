@@ -134,3 +134,19 @@ def test_unset_secret_key_is_generated_once_and_shared(tmp_path: Path) -> None:
     assert len(first) == 64
     assert (tmp_path / "instance" / "secret_key").stat().st_mode & 0o777 == 0o600
     assert Settings.from_env({**PG, "SECRET_KEY": "set"}).secret_key == "set"
+
+
+def test_trusted_hosts_are_read() -> None:
+    assert Settings.from_env(PG).trusted_hosts == ()
+    settings = Settings.from_env(
+        {**PG, "TRUSTED_HOSTS": " Hooks.Example.com, .example.org ,127.0.0.1"}
+    )
+    assert settings.trusted_hosts == ("hooks.example.com", ".example.org", "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "value", ["https://hooks.example.com", "hooks.example.com:443", "a..b", "-a.com", "x/y"]
+)
+def test_bad_trusted_hosts_stop_startup(value: str) -> None:
+    with pytest.raises(ConfigError, match="TRUSTED_HOSTS"):
+        Settings.from_env({**PG, "TRUSTED_HOSTS": value})

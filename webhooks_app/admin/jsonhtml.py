@@ -41,7 +41,15 @@ def highlight(
             return span("num", json.dumps(item))
         return span("str", json.dumps(str(item), ensure_ascii=False))
 
-    def walk(item: Any, path: tuple[str, ...], depth: int) -> None:
+    # Iterative (a stack of nodes still to render and text already decided): a payload stored
+    # before the intake's depth limit may nest past Python's recursion limit.
+    todo: list[str | tuple[Any, tuple[str, ...], int]] = [(value, (), 0)]
+    while todo:
+        task = todo.pop()
+        if isinstance(task, str):
+            out.append(task)
+            continue
+        item, path, depth = task
         pointer = to_pointer(path)
         if path and pointer in masked and item == MASK:
             out.append(span("masked", MASK))
@@ -50,33 +58,33 @@ def highlight(
                     f' <button class="reveal" type="submit" form="{escape(reveal_form)}"'
                     f' name="pointer" value="{escape(pointer)}">reveal</button>'
                 )
-            return
+            continue
         if path and pointer in revealed:
+            todo.extend(["</span>", (item, (), depth)])
             out.append('<span class="j-revealed">')
-            walk(item, (), depth)
-            out.append("</span>")
-            return
+            continue
         pad, inner = INDENT * depth, INDENT * (depth + 1)
+        parts: list[str | tuple[Any, tuple[str, ...], int]] = []
         if isinstance(item, dict) and item:
             out.append("{\n")
             for index, (key, child) in enumerate(item.items()):
-                out.append(inner + span("key", json.dumps(str(key), ensure_ascii=False)) + ": ")
-                walk(child, (*path, str(key)), depth + 1)
-                out.append(",\n" if index < len(item) - 1 else "\n")
-            out.append(pad + "}")
+                parts.append(inner + span("key", json.dumps(str(key), ensure_ascii=False)) + ": ")
+                parts.append((child, (*path, str(key)), depth + 1))
+                parts.append(",\n" if index < len(item) - 1 else "\n")
+            parts.append(pad + "}")
         elif isinstance(item, list) and item:
             out.append("[\n")
             for index, child in enumerate(item):
-                out.append(inner)
-                walk(child, (*path, str(index)), depth + 1)
-                out.append(",\n" if index < len(item) - 1 else "\n")
-            out.append(pad + "]")
+                parts.append(inner)
+                parts.append((child, (*path, str(index)), depth + 1))
+                parts.append(",\n" if index < len(item) - 1 else "\n")
+            parts.append(pad + "]")
         elif isinstance(item, dict):
             out.append("{}")
         elif isinstance(item, list):
             out.append("[]")
         else:
             out.append(scalar(item))
+        todo.extend(reversed(parts))
 
-    walk(value, (), 0)
     return Markup("".join(out))  # noqa: S704 - every piece of text above is escaped
