@@ -12,10 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from tests.conftest import ADMIN_TOKEN
 from tests.support.processes import ROOT, free_port, gunicorn, wait_until
 from tests.support.signing import TEST_SECRET, delivery
+from webhooks_app.config import normalize_database_url
+from webhooks_app.store import Base
 
 pytestmark = pytest.mark.e2e
 
@@ -89,6 +92,12 @@ def test_handler_lines_attempt_lines_and_tracebacks_reach_the_workers_stderr(
         worker.terminate()
         worker.wait(20)
         web.stop()
+        # The session's database is shared: leave it as empty as the next test expects.
+        engine = sa.create_engine(normalize_database_url(postgres_url))
+        with engine.begin() as connection:
+            tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+            connection.execute(sa.text(f"TRUNCATE {tables} CASCADE"))
+        engine.dispose()
     text = stderr_path.read_text()
     assert f"shout saw {event_id}" in text, text[-3000:]
     assert "Traceback (most recent call last)" in text or '"exception"' in text, text[-3000:]
