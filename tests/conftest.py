@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from alembic import command
 from argon2 import PasswordHasher
 from flask import Flask
@@ -84,6 +85,10 @@ def app(settings: Settings) -> Iterator[Flask]:
         tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
         connection.execute(text(f"TRUNCATE {tables} CASCADE"))
     service.db.dispose()
+    # Each test starts with empty queues and login-limiter windows of its own.
+    client = redis.Redis.from_url(settings.broker_url)
+    client.flushdb()
+    client.close()
 
 
 @pytest.fixture

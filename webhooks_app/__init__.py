@@ -66,4 +66,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     # the JSON API checks CSRF itself for cookie-authenticated calls, and /metrics only reads.
     admin.init_app(app, settings, csrf_exempt=[receiver.bp, health.bp, api.bp, metrics.bp])
     cli.register(app)
+    # POST /webhooks/events, the hot path, skips Flask's request machinery (its one route).
+    app.wsgi_app = receiver.DeliveryRoute(app.wsgi_app, service)  # type: ignore[method-assign]
     return app

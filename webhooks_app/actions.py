@@ -79,10 +79,16 @@ def mask_rules(service: Service) -> masking.MaskRules:
 
 
 def replay(
-    service: Service, operator: Operator, event_id: str, *, handler: str | None = None
+    service: Service,
+    operator: Operator,
+    event_id: str,
+    *,
+    handler: str | None = None,
+    only_failed: bool = False,
 ) -> Replayed:
     """A new run of the event's handlers; ``handler`` (a name, or ``None`` for every handler)
-    is passed to the replay transition as it is, which decides what it selects."""
+    and ``only_failed`` are passed to the replay transition as they are, which decides what
+    they select."""
     if not possible_id(event_id):
         raise _not_found(event_id)
     try:
@@ -93,6 +99,7 @@ def replay(
                 registry=service.registry,
                 settings=service.settings,
                 handler=handler,
+                only_failed=only_failed,
             )
             _record(session, operator, "event.replay", event_id, handlers=list(done.handlers))
     except ReplayError as exc:
@@ -123,7 +130,9 @@ class BulkReplay:
     skipped: dict[str, str] = field(default_factory=dict)  # event id -> why
 
 
-def replay_many(session: Session, event_ids: Sequence[str], *, service: Service) -> BulkReplay:
+def replay_many(
+    session: Session, event_ids: Sequence[str], *, service: Service, only_failed: bool = False
+) -> BulkReplay:
     replayed: list[str] = []
     skipped: dict[str, str] = {}
     for event_id in event_ids:
@@ -131,7 +140,11 @@ def replay_many(session: Session, event_ids: Sequence[str], *, service: Service)
             # A savepoint per event: one refused replay leaves the others in the transaction.
             with session.begin_nested():
                 reset_for_replay(
-                    session, event_id, registry=service.registry, settings=service.settings
+                    session,
+                    event_id,
+                    registry=service.registry,
+                    settings=service.settings,
+                    only_failed=only_failed,
                 )
         except ReplayError as exc:
             skipped[event_id] = exc.message
@@ -152,12 +165,13 @@ def bulk_replay(
     filters: EventFilter,
     *,
     filter_args: Mapping[str, str],
+    only_failed: bool = False,
 ) -> BulkReplay:
     """Replay every failed/dead event ``filters`` selects (at most ``BULK_REPLAY_LIMIT``);
     ``filter_args`` (the filter as the operator gave it) goes into the audit entry."""
     with service.db.transaction() as session:
         ids = replayable_ids(session, filters)
-        result = replay_many(session, ids, service=service)
+        result = replay_many(session, ids, service=service, only_failed=only_failed)
         _record(
             session,
             operator,

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, current_app, g, request
 from flask_wtf.csrf import CSRFError
 
-from webhooks_app import actions, audit, masking, params, store
+from webhooks_app import actions, audit, masking, params, replay, store
 from webhooks_app.admin.auth import session_admin
 from webhooks_app.errors import ApiError
 from webhooks_app.openapi import openapi_document
@@ -175,14 +175,29 @@ def _optional_string(body: dict[str, Any], name: str) -> str | None:
 
 @bp.post("/events/<event_id:event_id>/replay", merge_slashes=False)
 def replay_event(event_id: str) -> tuple[dict[str, Any], int]:
-    handler = _optional_string(_json_body(), "handler")
-    done = actions.replay(current_service(), _operator(), event_id, handler=handler)
+    body = _json_body()
+    handler = _optional_string(body, "handler")
+    done = actions.replay(
+        current_service(),
+        _operator(),
+        event_id,
+        handler=handler,
+        only_failed=_scope(body) is replay.Scope.FAILED,
+    )
     return {
         "id": event_id,
         "object": "event.replay",
         "handlers": list(done.handlers),
         "status": EventStatus.RECEIVED.value,
     }, 202
+
+
+def _scope(body: dict[str, Any]) -> replay.Scope:
+    """The ``handlers`` choice: ``failed`` (the default) or ``all``."""
+    try:
+        return replay.parse_scope(body.get("handlers"))
+    except replay.ReplayError as exc:
+        raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param) from None
 
 
 @bp.post("/replay")
@@ -204,6 +219,7 @@ def bulk_replay() -> tuple[dict[str, Any], int]:
             400, "dry_run must be true or false.", code="invalid_parameter", param="dry_run"
         )
     filters = params.event_filter(given)
+    only_failed = _scope(body) is replay.Scope.FAILED
     service = current_service()
     if dry_run:
         ids = actions.preview_bulk_replay(service, filters)
@@ -214,7 +230,9 @@ def bulk_replay() -> tuple[dict[str, Any], int]:
             "skipped": {},
             "limit": actions.BULK_REPLAY_LIMIT,
         }, 200
-    result = actions.bulk_replay(service, _operator(), filters, filter_args=given)
+    result = actions.bulk_replay(
+        service, _operator(), filters, filter_args=given, only_failed=only_failed
+    )
     return {
         "object": "bulk_replay",
         "dry_run": False,

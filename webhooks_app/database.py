@@ -8,7 +8,7 @@ each set up for its statements (``Plans``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from enum import Enum
 from typing import Any
@@ -27,8 +27,8 @@ class Database:
 
     ``transaction()`` is a unit of work's one commit point (a request, a task); domain
     functions only flush. ``begin()`` runs the engine's transitions of a worker or relay in a
-    transaction on a connection of their own; ``autocommit()`` gives the intake a connection on
-    which each statement is its own durable transaction (no BEGIN/COMMIT round trips).
+    transaction on a connection of their own; ``execute_autocommit()`` runs the intake's insert
+    as its own durable transaction (no BEGIN/COMMIT round trips).
     """
 
     def __init__(self) -> None:
@@ -41,16 +41,17 @@ class Database:
         self.dispose()
         self._engine = make_engine(settings, pool_size=pool_size)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
-        # The intake: a connection per request thread, no pre-ping round trip on every
-        # checkout, only after a rest (``ping_after_rest``).
+        # The intake (``execute_autocommit``): a connection per request thread; no ping and no
+        # reset when it goes back to the pool (each statement is its own transaction), and a
+        # statement that meets a dead connection is tried again on a new one instead.
         self._autocommit = make_engine(
             settings,
             pool_size=settings.web_threads,
             isolation_level="AUTOCOMMIT",
             pre_ping=False,
+            reset_on_return=False,
             plans=Plans.SERVER_CHOOSES,
         )
-        ping_after_rest(self._autocommit)
         # The dispatcher's, the relay's and the sweep's transactions (``engine``).
         self._transitions = make_engine(
             settings, pool_size=2, pre_ping=False, plans=Plans.ONCE_BY_INDEX
@@ -90,13 +91,46 @@ class Database:
         with self._transitions.begin() as connection:
             yield connection
 
-    @contextmanager
-    def autocommit(self) -> Iterator[Connection]:
-        """A connection whose every statement commits on its own (the intake's insert)."""
-        if self._autocommit is None:
+    def execute_autocommit(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run one statement as its own durable transaction; its rows. The intake's path.
+
+        Straight through psycopg on a pooled connection, the statement prepared on the server
+        the first time each connection runs it: SQLAlchemy's execution machinery cost the
+        request about as much CPU again as all the rest of the intake (bench/HISTORY.md).
+        Errors come out as SQLAlchemy's, like everywhere else. A connection found dead is
+        dropped and the statement tried once more on a new one: run only idempotent statements.
+        """
+        engine = self._autocommit
+        if engine is None:
             raise RuntimeError("the database is not configured; call create_app() first")
-        with self._autocommit.connect() as connection:
-            yield connection
+        for attempt in (1, 2):
+            fairy = engine.raw_connection()
+            try:
+                driver: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
+                cursor = driver.execute(sql, params, prepare=True)
+                return cursor.fetchall() if cursor.description is not None else []
+            except psycopg.Error as exc:
+                disconnected = driver.closed or engine.dialect.is_disconnect(
+                    exc,  # type: ignore[arg-type]
+                    fairy,
+                    None,
+                )
+                if disconnected:
+                    fairy.invalidate(exc)
+                    if attempt == 1:
+                        continue  # a stale pooled connection: once more on a new one
+                raise sa_exc.DBAPIError.instance(
+                    sql,
+                    dict(params),
+                    exc,
+                    psycopg.Error,
+                    hide_parameters=True,
+                    connection_invalidated=disconnected,
+                    dialect=engine.dialect,
+                ) from exc
+            finally:
+                fairy.close()
+        raise AssertionError("unreachable")
 
     def after_fork(self) -> None:
         """Forked children must not share the parent's pooled connections."""
@@ -139,9 +173,12 @@ def make_engine(
     pool_size: int = 5,
     isolation_level: str | None = None,
     pre_ping: bool = True,
+    reset_on_return: bool = True,
     plans: Plans = Plans.EACH_EXECUTION,
 ) -> Engine:
     options: dict[str, Any] = {}
+    if not reset_on_return:
+        options["pool_reset_on_return"] = None
     if isolation_level is not None:
         options["isolation_level"] = isolation_level
     engine = create_engine(

@@ -26,7 +26,7 @@ Rules every transition keeps:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, TextClause, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.types import BigInteger, DateTime, Integer, Interval, LargeBinary, Text
+from sqlalchemy.types import BigInteger, DateTime, Integer, Interval, Text
 
 from webhooks_app.events import Event
 from webhooks_app.registry import WILDCARD, Handler
@@ -58,29 +58,26 @@ def _sql(sql: str, **types: Any) -> TextClause:
 
 # --- store -----------------------------------------------------------------------------------
 
-_STORE = _sql(
-    f"""
+# psycopg's own parameter style: the intake runs these straight through the driver
+# (``Database.execute_autocommit``).
+_STORE = f"""
 INSERT INTO events (id, type, status, payload, raw_body, headers, data_id,
                     webhook_timestamp, received_at, updated_at, due_at)
-VALUES (:id, :type, '{E.RECEIVED}', CAST(:payload AS jsonb), :raw_body,
-        CAST(:headers AS jsonb), :data_id, :webhook_timestamp, :received_at,
-        :received_at, :due_at)
+VALUES (%(id)s, %(type)s, '{E.RECEIVED}', %(payload)s::jsonb, %(raw_body)s,
+        %(headers)s::jsonb, %(data_id)s, %(webhook_timestamp)s, %(received_at)s,
+        %(received_at)s, %(due_at)s)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
-""",
-    raw_body=LargeBinary(),
-    received_at=_MOMENT,
-    due_at=_MOMENT,
-)
+"""
 
-_COUNT_DIFFERING_DUPLICATE = _sql(
-    """
+_COUNT_DIFFERING_DUPLICATE = """
 UPDATE events SET differing_duplicates = differing_duplicates + 1
-WHERE id = :id AND raw_body <> :raw_body
+WHERE id = %(id)s AND raw_body <> %(raw_body)s
 RETURNING id
-""",
-    raw_body=LargeBinary(),
-)
+"""
+
+# Run in autocommit mode: one statement, its own transaction.
+ExecuteAutocommit = Callable[[str, Mapping[str, Any]], list[tuple[Any, ...]]]
 
 
 class Stored(StrEnum):
@@ -91,7 +88,7 @@ class Stored(StrEnum):
     DIFFERING_DUPLICATE = "duplicate_differing"  # the same id with another body: kept, counted
 
 
-def store(connection: Connection, event: NewEvent) -> Stored:
+def store(execute: ExecuteAutocommit, event: NewEvent) -> Stored:
     """Store the event unless its id is already stored; a ``Stored`` value.
 
     Run in autocommit mode: the insert is its own durable transaction (the caller then wakes
@@ -99,7 +96,7 @@ def store(connection: Connection, event: NewEvent) -> Stored:
     between racing duplicates. A duplicate whose body differs from the stored one is not stored
     (the first body stays) but counted on the event.
     """
-    created = connection.execute(
+    created = execute(
         _STORE,
         {
             "id": event.id,
@@ -112,25 +109,23 @@ def store(connection: Connection, event: NewEvent) -> Stored:
             "received_at": event.received_at,
             "due_at": event.due_at,
         },
-    ).first()
-    if created is not None:
+    )
+    if created:
         return Stored.CREATED
-    differing = connection.execute(
-        _COUNT_DIFFERING_DUPLICATE, {"id": event.id, "raw_body": event.raw_body}
-    ).first()
-    return Stored.DUPLICATE if differing is None else Stored.DIFFERING_DUPLICATE
+    differing = execute(_COUNT_DIFFERING_DUPLICATE, {"id": event.id, "raw_body": event.raw_body})
+    return Stored.DIFFERING_DUPLICATE if differing else Stored.DUPLICATE
 
 
 # --- hand-off and the sweep ------------------------------------------------------------------
 
 # Not part of the insert: a NOTIFY in a transaction takes a database-wide lock until that
 # transaction's commit is durable, which would let one intake commit flush at a time.
-_WAKE_RELAYS = text(f"NOTIFY {CHANNEL}")
+_WAKE_RELAYS = f"NOTIFY {CHANNEL}"
 
 
-def wake_relays(connection: Connection) -> None:
+def wake_relays(execute: ExecuteAutocommit) -> None:
     """Tell the listening relays that events await hand-off (autocommit: at once)."""
-    connection.execute(_WAKE_RELAYS)
+    execute(_WAKE_RELAYS, {})
 
 
 _TAKE_FOR_HANDOFF = _sql(

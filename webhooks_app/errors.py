@@ -51,6 +51,15 @@ class ApiError(Exception):
         }
 
 
+def invalid_host() -> ApiError:
+    return ApiError(
+        400,
+        "The Host header is not a valid host name this service answers to (TRUSTED_HOSTS).",
+        code="invalid_host",
+        param="Host",
+    )
+
+
 def error_response(error: ApiError) -> Response:
     response = jsonify(error.body())
     response.status_code = error.status
@@ -113,15 +122,7 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException) -> Response:
         if isinstance(exc, BadHost | SecurityError):
             # Always JSON: with no usable Host there is no URL adapter, so no page can be built.
-            return error_response(
-                ApiError(
-                    400,
-                    "The Host header is not a valid host name this service answers to"
-                    " (TRUSTED_HOSTS).",
-                    code="invalid_host",
-                    param="Host",
-                )
-            )
+            return error_response(invalid_host())
         if exc.code == 413:
             return respond(
                 ApiError(

@@ -72,8 +72,7 @@ class Intake:
             received_at=received_at,
             due_at=received_at + self._grace,
         )
-        with self._db.autocommit() as connection:
-            stored = engine.store(connection, event)
+        stored = engine.store(self._db.execute_autocommit, event)
         if stored == engine.Stored.CREATED:
             self._wake_relays()
         return Received(id=event.id, type=event.type, stored=stored)

@@ -382,7 +382,7 @@ PATHS: dict[str, Any] = {
         "parameters": [EVENT_ID],
         "post": {
             "operationId": "replayEvent",
-            "summary": "Run an event's handlers (or one of them) again, as new attempts.",
+            "summary": "Run an event's failed handlers (or all, or one) again, as new attempts.",
             "tags": ["events"],
             "requestBody": {
                 "required": False,
@@ -391,10 +391,21 @@ PATHS: dict[str, Any] = {
                         "schema": {
                             "type": "object",
                             "properties": {
+                                "handlers": {
+                                    "type": "string",
+                                    "enum": ["failed", "all"],
+                                    "default": "failed",
+                                    "description": (
+                                        "Which handlers: those whose last run failed or "
+                                        "died (the default: a handler that succeeded is not "
+                                        "run again), or all of the event's handlers. "
+                                        "Ignored when handler is given."
+                                    ),
+                                },
                                 "handler": {
                                     "type": "string",
-                                    "description": "Only this handler (default: all).",
-                                }
+                                    "description": "Only this handler, whatever its status.",
+                                },
                             },
                         }
                     }
@@ -414,9 +425,15 @@ PATHS: dict[str, Any] = {
                     },
                     "Queued.",
                 ),
-                "400": _error("Unknown handler, or a body that is not a JSON object."),
+                "400": _error(
+                    "Unknown handler, a handlers value other than failed or all, or a body "
+                    "that is not a JSON object."
+                ),
                 "403": _error("Session call without the CSRF token."),
-                "409": _error("A chosen handler is running, or the type has no handler."),
+                "409": _error(
+                    "A chosen handler is running, the type has no handler, or (handlers: "
+                    "failed) no handler has failed."
+                ),
                 **AUTH_ERRORS,
             },
         },
@@ -444,6 +461,12 @@ PATHS: dict[str, Any] = {
                                 "dry_run": {
                                     "type": "boolean",
                                     "description": "Only list the ids it would replay.",
+                                },
+                                "handlers": {
+                                    "type": "string",
+                                    "enum": ["failed", "all"],
+                                    "default": "failed",
+                                    "description": "Each event's failed handlers, or all.",
                                 },
                             },
                         }

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+import orjson
+from flask import Blueprint, Response, jsonify, request
+from werkzeug.datastructures import EnvironHeaders
+from werkzeug.exceptions import SecurityError
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.wsgi import get_host
 
 from webhooks_app import metrics
 from webhooks_app.engine import Stored
-from webhooks_app.errors import DATABASE_ERRORS, ApiError, database_error
+from webhooks_app.errors import DATABASE_ERRORS, ApiError, database_error, invalid_host
 from webhooks_app.events import EnvelopeError
 from webhooks_app.intake import Received
 from webhooks_app.logs import log_event
-from webhooks_app.service import current_service
+from webhooks_app.service import Service
 from webhooks_app.signatures import VerificationError
 
 log = logging.getLogger(__name__)
@@ -21,45 +28,107 @@ log = logging.getLogger(__name__)
 bp = Blueprint("receiver", __name__)
 
 MAX_CHALLENGE_LENGTH = 512
+PATH = "/webhooks/events"
+
+WSGIEnvironment = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]
 
 
-@bp.post("/webhooks/events")
-def receive_event() -> tuple[dict[str, str], int]:
-    started = time.perf_counter()
-    try:
-        return _receive_event()
-    finally:
-        metrics.observe_intake(time.perf_counter() - started)
+class DeliveryRoute:
+    """``/webhooks/events``: the delivery endpoint, answered without Flask's request machinery.
+
+    WSGI middleware in front of the Flask app, and the only route of its path (every method,
+    every outcome): a delivery is the service's hot path, and Flask's per-request work (the
+    app and request contexts, the extensions' hooks, URL matching) cost several times what
+    verifying, parsing and storing one does (bench/HISTORY.md). Everything else goes to Flask.
+    Answers are in the provider's error format, as Flask's are.
+    """
+
+    def __init__(self, wsgi_app: WSGIApp, service: Service) -> None:
+        self._next = wsgi_app
+        self._intake = service.intake
+        self._max_body = service.settings.max_body_bytes
+        self._trusted_hosts = list(service.settings.trusted_hosts) or None
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != PATH:
+            return self._next(environ, start_response)
+        started = time.perf_counter()
+        headers: list[tuple[str, str]] = [("Content-Type", "application/json")]
+        try:
+            status, body = 200, self._receive(environ)
+        except ApiError as refused:
+            status, body = refused.status, refused.body()
+            headers.extend(refused.headers.items())
+        except Exception:
+            log.exception("unexpected error receiving a delivery")
+            failed = ApiError(500, "The delivery could not be handled.", code="internal_error")
+            status, body = failed.status, failed.body()
+        finally:
+            metrics.observe_intake(time.perf_counter() - started)
+        encoded = orjson.dumps(body)
+        headers.append(("Content-Length", str(len(encoded))))
+        start_response(f"{status} {HTTP_STATUS_CODES.get(status, '')}", headers)
+        return [encoded]
+
+    def _receive(self, environ: WSGIEnvironment) -> dict[str, str]:
+        try:
+            # As Flask's routing would: an untrusted name, or one that is no host name at all.
+            _host_name(get_host(environ, self._trusted_hosts)).encode("idna")
+        except (SecurityError, UnicodeError):
+            raise invalid_host() from None
+        if environ["REQUEST_METHOD"] != "POST":
+            raise ApiError(
+                405,
+                "Deliveries are POSTed.",
+                code="method_not_allowed",
+                headers={"Allow": "POST"},
+            )
+        mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+        if not _is_json(mimetype):
+            metrics.event_received("unknown", "invalid")
+            raise ApiError(
+                415,
+                "Send the event as application/json.",
+                code="unsupported_media_type",
+                param="Content-Type",
+            )
+        body = _read_body(environ, self._max_body)
+        request_headers = EnvironHeaders(environ)
+        try:
+            result = self._intake.receive(request_headers, body)
+        except REFUSALS as exc:
+            raise refusal(exc, request_headers.get("webhook-id")) from None
+        return answer(result)
 
 
-def _receive_event() -> tuple[dict[str, str], int]:
-    if not _is_json(request.mimetype):
-        metrics.event_received("unknown", "invalid")
-        raise ApiError(
-            415,
-            "Send the event as application/json.",
-            code="unsupported_media_type",
-            param="Content-Type",
-        )
-    body = _read_body(current_app.config["MAX_CONTENT_LENGTH"])
-    try:
-        result = current_service().intake.receive(request.headers, body)
-    except REFUSALS as exc:
-        raise refusal(exc, request.headers.get("webhook-id")) from None
-    return answer(result), 200
+def _host_name(host: str) -> str:
+    """The name of a ``host[:port]`` value (an IPv6 literal keeps its brackets)."""
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.partition(":")[0]
 
 
-def _read_body(max_bytes: int) -> bytes:
+def _read_body(environ: WSGIEnvironment, max_bytes: int) -> bytes:
     """The whole body as sent: 413 over ``max_bytes`` (as declared, or as a chunked body turns
     out), 400 when it ends before its Content-Length (the client went away)."""
-    declared = request.content_length
+    raw_length = environ.get("CONTENT_LENGTH") or None
+    declared = int(raw_length) if raw_length is not None and raw_length.isdigit() else None
+    if raw_length is not None and declared is None:
+        raise ApiError(
+            400,
+            "Content-Length is not a number.",
+            code="invalid_content_length",
+            param="Content-Length",
+        )
     if declared is not None and declared > max_bytes:
         raise _too_large(max_bytes)  # nothing read: the connection closes (connection.py)
-    if declared is None and "wsgi.input_terminated" not in request.environ:
+    if declared is None and not environ.get("wsgi.input_terminated"):
         return b""  # no length and a server that does not end the stream: no body
-    # The WSGI input itself: Werkzeug's max-length stream cannot tell a body of exactly
-    # max_bytes from a longer one, and passes a short body for a whole one.
-    stream = request.environ["wsgi.input"]
+    # Read to the end ourselves: a capped stream cannot tell a body of exactly max_bytes from a
+    # longer one, and passes a short body for a whole one.
+    stream = environ["wsgi.input"]
     wanted = max_bytes + 1 if declared is None else declared
     pieces: list[bytes] = []
     received = 0

@@ -149,8 +149,7 @@ class RelayWaker:
             self._pending.wait()
             self._pending.clear()
             try:
-                with self._db.autocommit() as connection:
-                    engine.wake_relays(connection)
+                engine.wake_relays(self._db.execute_autocommit)
             except Exception:
                 log.warning("could not wake the relays; they will poll", exc_info=True)
                 time.sleep(1.0)

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from webhooks_app import engine, store
 from webhooks_app.config import Settings
-from webhooks_app.registry import Registry
-from webhooks_app.store import utcnow
+from webhooks_app.registry import Handler, Registry
+from webhooks_app.store import HandlerStatus, utcnow
 
 
 class ReplayError(Exception):
@@ -65,8 +66,10 @@ def reset_for_replay(
     registry: Registry,
     settings: Settings,
     handler: str | None = None,
+    only_failed: bool = False,
 ) -> Replayed:
-    """Start a new run of ``handler`` (or of every handler of the event's type). Only flushes."""
+    """Start a new run of ``handler`` (or of every handler of the event's type, or with
+    ``only_failed`` of those whose last run failed). Only flushes."""
     events = store.events
     # The same row lock the dispatcher takes to update an event's status: one writer at a time.
     row = session.execute(
@@ -87,6 +90,8 @@ def reset_for_replay(
         chosen = list(registered.values())
     if not chosen:
         raise NothingToReplay(f"No handler is registered for events of type {row.type!r}.")
+    if only_failed and handler is None:
+        chosen = _failed_only(session, event_id, chosen)
 
     restarted = engine.start_run(
         session.connection(),
@@ -102,3 +107,54 @@ def reset_for_replay(
             param="handler",
         )
     return Replayed(event_id, tuple(h.name for h in chosen))
+
+
+# --- the "failed handlers" choice ------------------------------------------------------------
+# Replaying only what failed is the safe default for operators: a handler that succeeded is not
+# re-run, so its side effects are not repeated.
+
+FAILED_HANDLER_STATUSES = (HandlerStatus.FAILED.value, HandlerStatus.DEAD.value)
+
+
+def _failed_only(session: Session, event_id: str, chosen: list[Handler]) -> list[Handler]:
+    states = store.handler_states
+    rows = session.execute(
+        select(states.c.handler, states.c.status).where(states.c.event_id == event_id)
+    )
+    status_of = {handler: status for handler, status in rows}
+    kept = [h for h in chosen if status_of.get(h.name) in FAILED_HANDLER_STATUSES]
+    if not kept and HandlerStatus.RUNNING.value in status_of.values():
+        raise HandlerBusy(
+            "A handler is running on this event; replay it once it has finished.",
+            param="handler",
+        )
+    if not kept:
+        raise NothingToReplay(
+            "No handler of this event has failed: replay all handlers, or one, instead.",
+            param="handlers",
+        )
+    return kept
+
+
+class Scope(StrEnum):
+    """Which handlers a replay without a named handler runs (the API's ``handlers``)."""
+
+    FAILED = "failed"
+    ALL = "all"
+
+
+DEFAULT_SCOPE = Scope.FAILED
+
+
+class InvalidChoice(ReplayError):
+    code = "invalid_parameter"
+    status = 400
+
+
+def parse_scope(raw: object) -> Scope:
+    """``failed`` (the default, for ``None`` or ``""``) or ``all``; ``InvalidChoice`` otherwise."""
+    if raw is None or raw == "":
+        return DEFAULT_SCOPE
+    if isinstance(raw, str) and raw in {s.value for s in Scope}:
+        return Scope(raw)
+    raise InvalidChoice("handlers must be 'failed' or 'all'.", param="handlers")

@@ -521,3 +521,47 @@ def handler_states_for(session: Session, event_id: str) -> list[HandlerStateRow]
             .order_by(HandlerStateRow.handler)
         )
     )
+
+
+# --- admin: the list's handler summaries ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HandlerSummary:
+    total: int
+    succeeded: int
+    last_error: str | None  # the newest error of a handler that has not succeeded since
+
+
+def handler_summaries(session: Session, event_ids: Sequence[str]) -> dict[str, HandlerSummary]:
+    """For a page of events, in one statement: how many handlers succeeded of how many, and
+    the last error of one still failing (the per-event subquery walks the attempts index)."""
+    if not event_ids:
+        return {}
+    s, a = handler_states.alias("s"), attempts.alias("a")
+    failing = handler_states.alias("f")
+    last_error = (
+        select(a.c.error)
+        .join(failing, and_(failing.c.event_id == a.c.event_id, failing.c.handler == a.c.handler))
+        .where(
+            a.c.event_id == s.c.event_id,
+            a.c.error.is_not(None),
+            failing.c.status != HandlerStatus.SUCCEEDED.value,
+        )
+        .order_by(a.c.started_at.desc(), a.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(
+            s.c.event_id,
+            func.count().label("total"),
+            func.count().filter(s.c.status == HandlerStatus.SUCCEEDED.value).label("ok"),
+            last_error.label("last_error"),
+        )
+        .where(s.c.event_id.in_(event_ids))
+        .group_by(s.c.event_id)
+    )
+    return {
+        row.event_id: HandlerSummary(int(row.total), int(row.ok), row.last_error) for row in rows
+    }

@@ -77,6 +77,15 @@ class RotationView:
     window_ends_at: datetime | None
 
 
+@dataclass(frozen=True)
+class ApiKeyView:
+    id: str
+    name: str
+    status: str
+    created_at: datetime | None  # None: the key the service started with (ASSISTERS_API_KEY)
+    deleted_at: datetime | None
+
+
 class Subscriptions:
     """Register and rotate through the provider; serve stored secrets to the receiver."""
 
@@ -297,6 +306,43 @@ class Subscriptions:
             old_id = row.id if row else self.settings.assisters_api_key_id
         self._current_api_key()  # fail before starting when there is no key at all
         return [self._advance(self._start(RotationKind.API_KEY, old_id, now), now)]
+
+    def api_keys(self) -> list[ApiKeyView]:
+        """The stored keys by id and status (never the key), newest first; with none current,
+        the one ASSISTERS_API_KEY configures, under ASSISTERS_API_KEY_ID when that is set."""
+        with self.db.transaction() as session:
+            rows = session.scalars(
+                select(ApiKeyRow).order_by(ApiKeyRow.created_at.desc(), ApiKeyRow.id)
+            ).all()
+            keys = [
+                ApiKeyView(row.id, row.name, row.status, row.created_at, row.deleted_at)
+                for row in rows
+            ]
+            configured_id = self.settings.assisters_api_key_id
+            # The configured key has no row; a rotation away from it says where it stands.
+            replaced_by = session.scalars(
+                select(RotationRow.step).where(
+                    RotationRow.kind == RotationKind.API_KEY.value,
+                    RotationRow.old_id == configured_id
+                    if configured_id
+                    else RotationRow.old_id.is_(None),
+                )
+            ).first()
+        if self.settings.assisters_api_key and not any(k.id == configured_id for k in keys):
+            status = ApiKeyStatus.CURRENT
+            if replaced_by is not None:
+                done = replaced_by == RotationStep.DONE
+                status = ApiKeyStatus.DELETED if done else ApiKeyStatus.RETIRING
+            keys.append(
+                ApiKeyView(
+                    configured_id or "(ASSISTERS_API_KEY_ID unset)",
+                    "ASSISTERS_API_KEY",
+                    status.value,
+                    None,
+                    None,
+                )
+            )
+        return keys
 
     # --- secrets at rest ---------------------------------------------------------------------
 

@@ -92,13 +92,16 @@ def test_admin_and_api_actions_write_the_same_audit_entries(
     post_event("chat.completion", {"id": "c", "email": "a@example.com"}, msg_id="msg_door_1")
     post_event("chat.completion", {"id": "c", "email": "a@example.com"}, msg_id="msg_door_2")
     token = csrf_token(admin_client, "/admin/events/msg_door_1")
-    admin_client.post("/admin/events/msg_door_1/replay", data={"csrf_token": token})
+    # Nothing has run (or failed) yet: replay all handlers, not the default failed ones.
+    admin_client.post(
+        "/admin/events/msg_door_1/replay", data={"csrf_token": token, "handlers": "all"}
+    )
     admin_client.post(
         "/admin/events/msg_door_1/reveal", data={"csrf_token": token, "pointer": "/data/email"}
     )
     admin_client.post("/admin/events/msg_door_1/delete", data={"csrf_token": token})
     api = admin_client.application.test_client()
-    api.post("/api/events/msg_door_2/replay", headers=auth_headers)
+    api.post("/api/events/msg_door_2/replay", json={"handlers": "all"}, headers=auth_headers)
     api.post("/api/events/msg_door_2/reveal", json={"field": "/data/email"}, headers=auth_headers)
     api.delete("/api/events/msg_door_2", headers=auth_headers)
 

@@ -326,7 +326,7 @@ def test_an_id_with_slashes_can_be_managed_in_the_api(
     assert opened.get_json()["id"] == event_id
     listed = client.get("/api/events", query_string={"q": event_id}, headers=AUTH).get_json()
     assert [e["id"] for e in listed["data"]] == [event_id]
-    replayed = client.post(base + "/replay", headers=AUTH)
+    replayed = client.post(base + "/replay", json={"handlers": "all"}, headers=AUTH)
     assert replayed.status_code == 202, replayed.get_data(as_text=True)
     assert replayed.get_json()["id"] == event_id
     revealed = client.post(base + "/reveal", json={"field": "/data/email"}, headers=AUTH)
@@ -359,7 +359,7 @@ def test_an_id_with_slashes_can_be_managed_in_the_admin(
     assert 'id="live-region"' in live.get_data(as_text=True)
 
     token = csrf_token(admin_client, href)
-    replayed = admin_client.post(href + "/replay", data={"csrf_token": token})
+    replayed = admin_client.post(href + "/replay", data={"csrf_token": token, "handlers": "all"})
     assert replayed.status_code == 302
     assert replayed.headers["Location"] == href
     revealed = admin_client.post(

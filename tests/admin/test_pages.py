@@ -431,12 +431,6 @@ def test_audit_page(admin_client: FlaskClient) -> None:
     assert admin_client.get("/admin/audit?start=soon").status_code == 400
 
 
-def test_subscriptions_stub_says_it_is_unavailable(admin_client: FlaskClient) -> None:
-    response = admin_client.get("/admin/subscriptions")
-    assert response.status_code == 501
-    assert "not available" in response.get_data(as_text=True)
-
-
 def test_static_assets(admin_client: FlaskClient) -> None:
     js = admin_client.get("/admin/static/admin.js")
     assert js.status_code == 200

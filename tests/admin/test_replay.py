@@ -190,3 +190,98 @@ def test_bulk_selection_takes_only_failed_and_dead(post_event: PostEvent, servic
         result = actions.replay_many(session, chosen, service=service)
     assert set(result.replayed) == {"msg_sel_dead", "msg_sel_failed"}
     assert result.skipped == {}
+
+
+# --- which handlers: failed (the default), all, or one ----------------------------------------
+
+STEP_ONE = "tests.support.handlers.step_one"
+STEP_TWO = "tests.support.handlers.step_two"
+
+
+def half_failed(service: Service, post_event: PostEvent, event_id: str) -> None:
+    """step_one succeeds, step_two fails its first attempt."""
+    post_event("multi.step", {"id": "s", "fail_handler": "step_two"}, msg_id=event_id)
+    service.dispatcher.process_events([event_id])
+    assert state(service, event_id, STEP_ONE).status == HandlerStatus.SUCCEEDED
+    assert state(service, event_id, STEP_TWO).status == HandlerStatus.FAILED
+
+
+def test_replay_defaults_to_the_failed_handlers(
+    client: FlaskClient, auth_headers: dict[str, str], post_event: PostEvent, service: Service
+) -> None:
+    half_failed(service, post_event, "msg_default")
+    response = client.post("/api/events/msg_default/replay", headers=auth_headers)
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["handlers"] == [STEP_TWO]
+    # The handler that succeeded keeps its run: its side effects are not repeated.
+    assert state(service, "msg_default", STEP_ONE).run == 1
+    assert state(service, "msg_default", STEP_TWO).run == 2
+
+
+def test_replay_all_handlers_when_asked(
+    client: FlaskClient, auth_headers: dict[str, str], post_event: PostEvent, service: Service
+) -> None:
+    half_failed(service, post_event, "msg_all")
+    response = client.post(
+        "/api/events/msg_all/replay", json={"handlers": "all"}, headers=auth_headers
+    )
+    assert response.status_code == 202
+    assert sorted(response.get_json()["handlers"]) == [STEP_ONE, STEP_TWO]
+    explicit = client.post(
+        "/api/events/msg_all/replay", json={"handlers": "failed"}, headers=auth_headers
+    )
+    assert explicit.status_code == 409  # both are pending now: nothing has failed
+    assert explicit.get_json()["error"]["code"] == "no_handlers"
+
+
+def test_replay_choice_refusals(
+    client: FlaskClient, auth_headers: dict[str, str], post_event: PostEvent, service: Service
+) -> None:
+    post_event("chat.completion", {"id": "c"}, msg_id="msg_fine")
+    service.dispatcher.process_events(["msg_fine"])
+    nothing_failed = client.post("/api/events/msg_fine/replay", headers=auth_headers)
+    assert nothing_failed.status_code == 409
+    error = nothing_failed.get_json()["error"]
+    assert (error["code"], error["param"]) == ("no_handlers", "handlers")
+    bad = client.post(
+        "/api/events/msg_fine/replay", json={"handlers": "some"}, headers=auth_headers
+    )
+    assert bad.status_code == 400
+    assert bad.get_json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "handlers must be 'failed' or 'all'.",
+        "param": "handlers",
+        "code": "invalid_parameter",
+    }
+
+
+def test_the_detail_page_offers_failed_all_or_one(
+    admin_client: FlaskClient, post_event: PostEvent, service: Service
+) -> None:
+    from tests.conftest import csrf_token
+
+    half_failed(service, post_event, "msg_page")
+    page = admin_client.get("/admin/events/msg_page").get_data(as_text=True)
+    assert '<option value="failed" selected>failed handlers</option>' in page
+    assert '<option value="all">all handlers</option>' in page
+    assert f'<option value="handler:{STEP_ONE}">' in page
+    token = csrf_token(admin_client, "/admin/events/msg_page")
+
+    def replay_with(choice: str) -> int:
+        return admin_client.post(
+            "/admin/events/msg_page/replay", data={"handlers": choice, "csrf_token": token}
+        ).status_code
+
+    assert replay_with("failed") == 302
+    assert (state(service, "msg_page", STEP_ONE).run, state(service, "msg_page", STEP_TWO).run) == (
+        1,
+        2,
+    )
+    assert replay_with(f"handler:{STEP_ONE}") == 302
+    assert state(service, "msg_page", STEP_ONE).run == 2
+    assert replay_with("all") == 302
+    assert (state(service, "msg_page", STEP_ONE).run, state(service, "msg_page", STEP_TWO).run) == (
+        3,
+        3,
+    )
+    assert replay_with("neither") == 400

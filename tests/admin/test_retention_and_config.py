@@ -30,20 +30,20 @@ PG = {"DATABASE_URL": "postgresql://db/app"}
 
 def store_event(service: Service, event_id: str, age: timedelta) -> None:
     received_at = utcnow() - age
-    with service.db.autocommit() as connection:
-        engine.store(
-            connection,
-            store.NewEvent(
-                id=event_id,
-                type="chat.completion",
-                raw_body=orjson.dumps({"event": "chat.completion", "data": {"id": event_id}}),
-                headers={},
-                data_id=event_id,
-                webhook_timestamp=0,
-                received_at=received_at,
-                due_at=received_at + timedelta(seconds=10),
-            ),
-        )
+    execute = service.db.execute_autocommit
+    engine.store(
+        execute,
+        store.NewEvent(
+            id=event_id,
+            type="chat.completion",
+            raw_body=orjson.dumps({"event": "chat.completion", "data": {"id": event_id}}),
+            headers={},
+            data_id=event_id,
+            webhook_timestamp=0,
+            received_at=received_at,
+            due_at=received_at + timedelta(seconds=10),
+        ),
+    )
 
 
 def test_purge_deletes_only_expired_events_in_batches(

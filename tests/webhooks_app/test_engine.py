@@ -57,9 +57,9 @@ def new_event(event_id: str, body: bytes | None = None, *, at: datetime | None =
 
 
 def stored(service: Service, *event_ids: str) -> None:
-    with service.db.autocommit() as connection:
-        for event_id in event_ids:
-            assert engine.store(connection, new_event(event_id)) == Stored.CREATED
+    execute = service.db.execute_autocommit
+    for event_id in event_ids:
+        assert engine.store(execute, new_event(event_id)) == Stored.CREATED
 
 
 def event(service: Service, event_id: str) -> EventRow:
@@ -100,11 +100,11 @@ def claims_of(claimed: engine.Claimed) -> dict[str, Claim]:
 
 
 def test_store_keeps_the_first_body_and_counts_differing_duplicates(service: Service) -> None:
-    with service.db.autocommit() as connection:
-        assert engine.store(connection, new_event("e_store")) == Stored.CREATED
-        assert engine.store(connection, new_event("e_store")) == Stored.DUPLICATE
-        other = new_event("e_store", b'{"event": "chat.completion", "data": {"id": "c2"}}')
-        assert engine.store(connection, other) == Stored.DIFFERING_DUPLICATE
+    execute = service.db.execute_autocommit
+    assert engine.store(execute, new_event("e_store")) == Stored.CREATED
+    assert engine.store(execute, new_event("e_store")) == Stored.DUPLICATE
+    other = new_event("e_store", b'{"event": "chat.completion", "data": {"id": "c2"}}')
+    assert engine.store(execute, other) == Stored.DIFFERING_DUPLICATE
     row = event(service, "e_store")
     assert (row.status, row.data_id, row.differing_duplicates) == (EventStatus.RECEIVED, "c1", 1)
     assert row.payload == {"event": "chat.completion", "data": {"id": "c1"}}
@@ -116,9 +116,9 @@ def test_store_keeps_the_first_body_and_counts_differing_duplicates(service: Ser
 
 def test_take_for_handoff_marks_the_oldest_received_queued_once(service: Service) -> None:
     at = utcnow()
-    with service.db.autocommit() as connection:
-        engine.store(connection, new_event("e_new", at=at))
-        engine.store(connection, new_event("e_old", at=at - timedelta(seconds=5)))
+    execute = service.db.execute_autocommit
+    engine.store(execute, new_event("e_new", at=at))
+    engine.store(execute, new_event("e_old", at=at - timedelta(seconds=5)))
     with service.db.begin() as connection:
         now = utcnow()
         taken = engine.take_for_handoff(connection, now=now, limit=1, requeue_after=LEASE)
@@ -212,9 +212,9 @@ def test_claim_leaves_a_failure_until_its_retry_is_due(service: Service) -> None
 
 
 def test_an_event_of_no_registered_handler_is_skipped(service: Service) -> None:
-    with service.db.autocommit() as connection:
-        unhandled = new_event("e_skip")
-        engine.store(connection, NewEvent(**{**unhandled.__dict__, "type": "embedding.created"}))
+    execute = service.db.execute_autocommit
+    unhandled = new_event("e_skip")
+    engine.store(execute, NewEvent(**{**unhandled.__dict__, "type": "embedding.created"}))
     with service.db.begin() as connection:
         claimed = claim(connection, "e_skip")
     assert (claimed.claims, claimed.settled) == ([], {"e_skip": EventStatus.SKIPPED})

@@ -287,3 +287,14 @@ def test_event_payload_round_trips_as_sent(post_event: PostEvent, service: Servi
     assert row is not None
     assert json.loads(row.raw_body)["data"] == data
     assert row.payload["data"] == data
+
+
+def test_the_delivery_path_answers_every_method_itself_in_the_error_format(
+    client: FlaskClient, app: Any
+) -> None:
+    response = client.get("/webhooks/events")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
+    # One route for the path: the endpoint in front of Flask, none in Flask's URL map.
+    assert not [rule for rule in app.url_map.iter_rules() if rule.rule == "/webhooks/events"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Response, flash, redirect, render_template, request, url_for
+from flask import flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
-from webhooks_app import actions, masking, params, store
-from webhooks_app.admin import bp, login_link
+from webhooks_app import actions, audit, masking, params, replay, store
+from webhooks_app.admin import bp, login_link, presenting
 from webhooks_app.admin.auth import (
     POLL_HEADER,
     check_credentials,
@@ -25,9 +25,12 @@ from webhooks_app.admin.auth import (
 )
 from webhooks_app.admin.forms import LoginForm
 from webhooks_app.admin.jsonhtml import highlight
+from webhooks_app.assisters import AssistersError
 from webhooks_app.errors import DATABASE_ERRORS, ApiError
+from webhooks_app.secretbox import SecretBoxError
 from webhooks_app.service import current_service
 from webhooks_app.store import EventRow, EventStatus
+from webhooks_app.subscriptions import SubscriptionError
 
 PAGE_SIZE = 50
 
@@ -43,6 +46,7 @@ def _list_context(args: MultiDict[str, str]) -> tuple[dict[str, Any], int]:
         "statuses": [s.value for s in EventStatus],
         "types": sorted({h.event_type for h in service.registry.all()} - {"*"}),
         "events": [],
+        "summaries": {},
         "next_url": None,
         "error": None,
         "cursor": None,
@@ -60,6 +64,7 @@ def _list_context(args: MultiDict[str, str]) -> tuple[dict[str, Any], int]:
             status = 400
         else:
             context["events"] = page.events
+            context["summaries"] = store.handler_summaries(session, [e.id for e in page.events])
             if page.next_cursor:
                 context["next_url"] = url_for("admin.events", **raw, cursor=page.next_cursor)
     context["count_cap"] = store.STATUS_COUNT_CAP
@@ -76,6 +81,7 @@ def _detail_context(
 ) -> dict[str, Any]:
     service = current_service()
     masked = masking.mask(row.payload, actions.mask_rules(service), keep=revealed)
+    attempts = store.attempts_for(session, row.id)
     return {
         "event": row,
         "payload_html": highlight(
@@ -87,7 +93,8 @@ def _detail_context(
         "masked_count": len(masked.pointers),
         "headers": masking.display_headers(row.headers),
         "states": store.handler_states_for(session, row.id),
-        "attempts": store.attempts_for(session, row.id),
+        "attempts": attempts,
+        "runs": presenting.group_by_run(attempts),
         "handlers": [h.name for h in service.registry.for_type(row.type)],
     }
 
@@ -97,6 +104,16 @@ def _utc(moment: datetime | None) -> str:
     if moment is None:
         return ""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+@bp.app_template_filter("ago")
+def _ago(moment: datetime | None) -> str:
+    return "" if moment is None else presenting.relative(moment, datetime.now(UTC))
+
+
+@bp.app_template_filter("iso")
+def _iso(moment: datetime | None) -> str:
+    return "" if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @bp.app_template_filter("duration")
@@ -224,10 +241,32 @@ def reveal_field(event_id: str) -> ResponseReturnValue:
 @bp.post("/events/<event_id:event_id>/replay", merge_slashes=False)
 @login_required
 def replay_event(event_id: str) -> ResponseReturnValue:
-    handler = request.form.get("handler") or None
-    done = actions.replay(current_service(), operator(), event_id, handler=handler)
+    handler, scope = _replay_choice(request.form)
+    done = actions.replay(
+        current_service(),
+        operator(),
+        event_id,
+        handler=handler,
+        only_failed=scope is replay.Scope.FAILED,
+    )
     flash(f"Replay queued: {', '.join(done.handlers)}.", "ok")
     return redirect(url_for("admin.event_detail", event_id=event_id))
+
+
+# The detail page's one select: "failed", "all", or "handler:<name>" (a prefix, so that no
+# handler name can be taken for a choice).
+HANDLER_CHOICE = "handler:"
+
+
+def _replay_choice(form: MultiDict[str, str]) -> tuple[str | None, replay.Scope]:
+    raw = form.get("handlers") or ""
+    if raw.startswith(HANDLER_CHOICE):
+        return raw[len(HANDLER_CHOICE) :] or None, replay.Scope.ALL
+    handler = form.get("handler") or None
+    try:
+        return handler, replay.parse_scope(raw)
+    except replay.ReplayError as exc:
+        raise ApiError(exc.status, exc.message, code=exc.code, param=exc.param) from None
 
 
 @bp.post("/events/<event_id:event_id>/delete", merge_slashes=False)
@@ -252,7 +291,7 @@ def bulk_replay() -> ResponseReturnValue:
             ids=actions.preview_bulk_replay(service, filters),
             limit=actions.BULK_REPLAY_LIMIT,
         )
-    result = actions.bulk_replay(service, operator(), filters, filter_args=raw)
+    result = actions.bulk_replay(service, operator(), filters, filter_args=raw, only_failed=True)
     message = f"Replay queued for {len(result.replayed)} events."
     if result.skipped:
         message += f" {len(result.skipped)} skipped (running or without handlers)."
@@ -298,12 +337,44 @@ def audit_log() -> ResponseReturnValue:
     )
 
 
-# SUBSCRIPTIONS (issue 3): this stub stands where the subscriptions page goes once that
-# feature is merged; its nav entry in base.html is commented out until then.
 @bp.get("/subscriptions")
 @login_required
-def subscriptions() -> Response:
-    return Response(render_template("admin/subscriptions.html"), status=501, mimetype="text/html")
+def subscriptions() -> ResponseReturnValue:
+    subs = current_service().subscriptions
+    return render_template(
+        "admin/subscriptions.html",
+        subscriptions=subs.list_stored(),
+        rotations=subs.rotations(open_only=True),
+        api_keys=subs.api_keys(),
+    )
+
+
+ROTATIONS = {"subscription": "rotate", "api_key": "rotate_api_key"}
+
+
+@bp.post("/subscriptions/rotate")
+@login_required
+def rotate_now() -> ResponseReturnValue:
+    """Start (or move on) a rotation, as `flask subscriptions rotate` / `keys rotate` would."""
+    service = current_service()
+    kind = request.form.get("kind") or "subscription"
+    if kind not in ROTATIONS:
+        raise ApiError(400, "kind must be subscription or api_key.", code="invalid_parameter")
+    who = operator()
+    try:
+        messages = getattr(service.subscriptions, ROTATIONS[kind])()
+    except (SubscriptionError, AssistersError, SecretBoxError) as exc:
+        action, details, shown = f"{kind}.rotate_failed", {"error": str(exc)}, None
+        flash(f"Rotation not started: {exc}", "error")
+    else:
+        action, details, shown = f"{kind}.rotate", {"outcome": messages}, messages
+    with service.db.transaction() as session:
+        audit.record(
+            session, actor=who.name, action=action, details=details, remote_addr=who.remote_addr
+        )
+    for message in shown or ():
+        flash(message, "ok")
+    return redirect(url_for("admin.subscriptions"))
 
 
 @bp.app_template_global("current_admin")

@@ -16,6 +16,54 @@
     });
   }
 
+  // Relative times, as the server renders them (presenting.relative), kept current here so a
+  // live fragment differs from the shown one only when something really changed.
+  function relative(iso, now) {
+    let seconds = (now - Date.parse(iso)) / 1000;
+    const ahead = seconds < 0;
+    seconds = Math.abs(seconds);
+    if (seconds < 1) {
+      return "just now";
+    }
+    const units = [[86400, "d"], [3600, "h"], [60, "min"], [1, "s"]];
+    for (const [size, unit] of units) {
+      if (seconds >= size) {
+        const amount = Math.floor(seconds / size) + " " + unit;
+        return ahead ? "in " + amount : amount + " ago";
+      }
+    }
+    return "just now";
+  }
+
+  function refreshTimes(root) {
+    const now = Date.now();
+    root.querySelectorAll("time[datetime]").forEach(function (node) {
+      const text = relative(node.getAttribute("datetime"), now);
+      if (node.textContent !== text) {
+        node.textContent = text;
+      }
+    });
+  }
+
+  // "/" focuses the search box, as on most sites; not while typing somewhere else.
+  function searchShortcut() {
+    const search = document.getElementById("search");
+    if (!search) {
+      return;
+    }
+    document.addEventListener("keydown", function (event) {
+      const target = event.target;
+      const typing = target instanceof HTMLElement &&
+        (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
+      if (event.key !== "/" || typing || event.ctrlKey || event.metaKey || event.altKey) {
+        return;
+      }
+      event.preventDefault();
+      search.focus();
+      search.select();
+    });
+  }
+
   function poll() {
     const region = document.getElementById("live-region");
     if (!region || !region.dataset.liveUrl) {
@@ -46,7 +94,19 @@
           }
           const parsed = new DOMParser().parseFromString(html, "text/html");
           const fresh = parsed.getElementById("live-region");
-          if (fresh && fresh.outerHTML !== current.outerHTML) {
+          if (!fresh) {
+            return;
+          }
+          refreshTimes(fresh);
+          refreshTimes(current);
+          // Tracebacks the reader opened stay open.
+          current.querySelectorAll("details[id][open]").forEach(function (open) {
+            const again = fresh.querySelector("#" + CSS.escape(open.id));
+            if (again) {
+              again.open = true;
+            }
+          });
+          if (fresh.outerHTML !== current.outerHTML) {
             current.replaceWith(document.importNode(fresh, true));
           }
         })
@@ -57,6 +117,9 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     confirmations();
+    searchShortcut();
+    refreshTimes(document);
+    window.setInterval(function () { refreshTimes(document); }, 1000);
     poll();
   });
 })();
