@@ -4,6 +4,7 @@ Metrics of all workers are added up through files in ``PROMETHEUS_MULTIPROC_DIR`
 temporary directory when unset).
 """
 
+import logging
 import multiprocessing
 import os
 import shutil
@@ -43,18 +44,48 @@ reuse_port = os.environ.get("WEB_REUSE_PORT", "1") != "0"
 preload_app = False
 accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG") else None
 errorlog = "-"
+# gunicorn 27's control socket (for gunicornc) is unused here, and every master of one user
+# would share its one path in $HOME. Older gunicorn ignores the setting.
+control_socket_disable = True
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+_metrics: dict[str, str] = {}
+
+
+class _ListeningAt(logging.Filter):
+    """With ``reuse_port`` each worker binds its own socket and the master holds none, so
+    gunicorn logs ``Listening at:  (pid)``: name the configured addresses instead."""
+
+    def __init__(self, addresses: str) -> None:
+        super().__init__()
+        self.addresses = addresses
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        listening = str(record.msg).startswith("Listening at:")
+        if listening and isinstance(args, tuple) and args and not args[0]:
+            record.args = (self.addresses, *args[1:])
+        return True
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
+    addresses = ",".join(f"http://{address}" for address in server.cfg.bind)
+    server.log.error_log.addFilter(_ListeningAt(addresses))
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory:
         directory = tempfile.mkdtemp(prefix="webhooks-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        _metrics["created"] = directory  # ours: removed again in on_exit
     else:
         # Samples of a previous run's dead processes would be added to this run's.
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory, exist_ok=True)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    created = _metrics.get("created")
+    if created:
+        shutil.rmtree(created, ignore_errors=True)
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]

@@ -26,7 +26,6 @@ def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        # SQLite cannot ALTER most things in place; batch mode copies the table instead.
         compare_type=True,
     )
 

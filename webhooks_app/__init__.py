@@ -52,13 +52,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     service.subscriptions.check_stored_secrets()
     app.extensions["webhooks"] = service
 
-    from webhooks_app import admin, api, cli, errors, health, metrics, receiver
+    from webhooks_app import admin, api, cli, errors, health, home, metrics, receiver
 
     service.dispatcher.observer = metrics.MetricsObserver()
 
     errors.register_error_handlers(app)
     app.register_blueprint(receiver.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(home.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(metrics.bp)
     # CSRF covers every other state-changing route; the webhook endpoints are signed instead,

@@ -31,13 +31,28 @@ def normalize_database_url(url: str) -> str:
 
 
 def default_instance_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """Where local state lives: the SQLite file, the filesystem broker, beat's schedule."""
+    """Where local state lives: the embedded PostgreSQL, the filesystem broker, dev keys."""
     env = os.environ if environ is None else environ
     return Path(env.get("INSTANCE_DIR") or Path.cwd() / "instance").resolve()
 
 
-def sqlite_url(instance_dir: Path) -> str:
-    return f"sqlite:///{instance_dir / 'webhooks.sqlite3'}"
+NO_DATABASE_MESSAGE = (
+    "DATABASE_URL is not set and no embedded PostgreSQL is running: start the service with "
+    "`make run` (it starts one under INSTANCE_DIR), or set DATABASE_URL to a PostgreSQL server"
+)
+
+
+def database_url_from_env(env: Mapping[str, str], instance_dir: Path) -> str:
+    """DATABASE_URL, else the embedded server `make run` started on INSTANCE_DIR."""
+    url = env.get("DATABASE_URL", "").strip()
+    if url:
+        return normalize_database_url(url)
+    from webhooks_app import embedded
+
+    running = embedded.running_url(instance_dir)
+    if running is None:
+        raise ConfigError(NO_DATABASE_MESSAGE)
+    return running
 
 
 def instance_secret_key(instance_dir: Path) -> str:
@@ -70,12 +85,17 @@ def trusted_hosts(value: str) -> tuple[str, ...]:
     return names
 
 
+# The operator's name in a session opened by `make run`'s one-time login link.
+LOCAL_ADMIN = "local"
+ADMIN_LOGIN_TOKEN_ENV = "WEBHOOKS_ADMIN_LOGIN_TOKEN"  # noqa: S105 - a variable name
+
 DEFAULT_PII_MASK_FIELDS = ("email", "phone", "content", "input", "arguments")
 
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = field(default_factory=lambda: sqlite_url(default_instance_dir()))
+    # No default server: Settings.from_env finds DATABASE_URL or `make run`'s embedded one.
+    database_url: str = ""
     # Empty means the embedded broker: Kombu's filesystem transport under INSTANCE_DIR.
     broker_url: str = ""
     webhook_secrets: tuple[Secret, ...] = ()
@@ -113,6 +133,9 @@ class Settings:
     admin_username: str | None = None
     admin_password_hash: str | None = None  # Argon2id, PHC string format
     admin_login_limit: str = "5 per minute"
+    # Set by `make run` (webhooks_app.devserver) on a loopback bind with no admin configured:
+    # the token of the one-time login link it prints (see webhooks_app/admin/login_link.py).
+    admin_login_token: str | None = None
     # Proxies in front that append to X-Forwarded-For; none: the headers are not believed.
     trusted_proxies: int = 0
     # Dotted payload paths masked in the page and the API; a bare name matches at any depth.
@@ -132,12 +155,27 @@ class Settings:
         return not self.broker_url
 
     @property
-    def admin_login_enabled(self) -> bool:
+    def admin_password_enabled(self) -> bool:
         return bool(self.admin_username and self.admin_password_hash)
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
+    def admin_login_enabled(self) -> bool:
+        """The admin page is on: a configured operator, or `make run`'s one-time login link."""
+        return self.admin_password_enabled or self.admin_login_token is not None
+
+    @property
+    def admin_name(self) -> str | None:
+        """Who a session belongs to: ADMIN_USERNAME, or ``local`` for the login link."""
+        if self.admin_password_enabled:
+            return self.admin_username
+        return LOCAL_ADMIN if self.admin_login_token is not None else None
+
+    @property
+    def uses_local_dev_defaults(self) -> bool:
+        """`make run`'s embedded PostgreSQL: local state (keys) may live under INSTANCE_DIR."""
+        from webhooks_app import embedded
+
+        return self.database_url == embedded.running_url(self.instance_dir)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -189,11 +227,11 @@ class Settings:
         except SecretFormatError as exc:
             raise ConfigError(f"WEBHOOK_SECRETS: {exc}") from None
 
+        username = env.get("ADMIN_USERNAME", "").strip() or None
         password_hash = env.get("ADMIN_PASSWORD_HASH", "").strip() or None
         if password_hash is not None and not password_hash.startswith("$argon2id$"):
             raise ConfigError(
-                "ADMIN_PASSWORD_HASH must be an Argon2id hash "
-                "(make one with: python -m webhooks_app.admin.hash_password)"
+                "ADMIN_PASSWORD_HASH must be an Argon2id hash (make one with: make hash-password)"
             )
         raw_mask = env.get("PII_MASK_FIELDS")
         mask_fields = (
@@ -220,12 +258,8 @@ class Settings:
         if log_format not in {"json", "console"}:
             raise ConfigError("LOG_FORMAT must be json or console")
 
-        database_url = env.get("DATABASE_URL", "").strip()
         broker_url = (env.get("CELERY_BROKER_URL") or env.get("REDIS_URL") or "").strip()
         return cls(
-            database_url=(
-                normalize_database_url(database_url) if database_url else sqlite_url(instance_dir)
-            ),
             broker_url=broker_url,
             webhook_secrets=webhook_secrets,
             webhook_tolerance_seconds=integer("WEBHOOK_TOLERANCE_SECONDS", 300),
@@ -250,9 +284,14 @@ class Settings:
             encryption_keys=encryption_keys,
             rotation_grace_hours=number("ROTATION_GRACE_HOURS", 24.0, 0, float),
             rotation_days=integer("ROTATION_DAYS", 30),
-            admin_username=env.get("ADMIN_USERNAME", "").strip() or None,
+            admin_username=username,
             admin_password_hash=password_hash,
             admin_login_limit=login_limit,
+            admin_login_token=(
+                None
+                if username and password_hash
+                else env.get(ADMIN_LOGIN_TOKEN_ENV, "").strip() or None
+            ),
             trusted_proxies=integer("TRUSTED_PROXIES", defaults.trusted_proxies),
             pii_mask_fields=mask_fields,
             event_retention_days=retention,
@@ -263,4 +302,6 @@ class Settings:
             log_level=level,
             log_format=log_format,
             metrics_token=env.get("METRICS_TOKEN", "").strip() or None,
+            # Last: a bad value of any other setting is reported first.
+            database_url=database_url_from_env(env, instance_dir),
         )

@@ -164,19 +164,21 @@ class Dispatcher:
                     raise LookupError(f"handler {claim.handler!r} is not registered")
                 handler.func(claim.event)
             except Exception as exc:
-                log.warning("handler failed: %r", exc)
+                log.warning("handler failed: %r", exc, exc_info=exc)
                 error = exc
             finally:
                 self.leases.release(claim)
-        self.observer.handler_ran(claim.handler, time.perf_counter() - started, error)
+        seconds = time.perf_counter() - started
+        self.observer.handler_ran(claim.handler, seconds, error)
+        duration_ms = round(seconds * 1000, 3)
         if error is None:
-            return Ran(claim)
+            return Ran(claim, duration_ms=duration_ms)
         retry_in = backoff_seconds(
             claim.token,
             base=self._settings.retry_base_seconds,
             cap=self._settings.retry_max_seconds,
         )
-        return Ran(claim, _describe(error), _format_traceback(error), retry_in)
+        return Ran(claim, _describe(error), _format_traceback(error), retry_in, duration_ms)
 
     def _recorded(self, finished: engine.Finished) -> None:
         claim = finished.ran.claim
@@ -187,6 +189,7 @@ class Dispatcher:
             handler=claim.handler,
             status=finished.attempt.value,
             attempt=claim.number,
+            duration_ms=finished.ran.duration_ms,
         )
 
     def _settled(self, settled: dict[str, str]) -> None:

@@ -458,6 +458,7 @@ class Ran:
     error: str | None = None
     traceback: str | None = None
     retry_in: float | None = None  # seconds until the next attempt, if the budget allows
+    duration_ms: float | None = None  # how long the handler ran, for the attempt's log line
 
 
 @dataclass(frozen=True)

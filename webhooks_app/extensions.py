@@ -47,7 +47,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.rotation_check_seconds,
             },
         },
-        "beat_schedule_filename": str(settings.instance_dir / "celerybeat-schedule"),
+        # In memory: no schedule file, so beat starts wherever it runs (a fresh deploy has no
+        # instance/, a container's code directory is read-only). Every entry is a short
+        # interval whose task looks at the database, so nothing is lost by forgetting when
+        # each last ran: the first of each comes one interval after beat starts.
+        "beat_scheduler": "celery.beat:Scheduler",
         "include": ["workers.tasks"],
     }
     if settings.event_retention_days is not None:

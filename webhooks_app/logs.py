@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -67,6 +67,10 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler._webhooks_handler = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    # httpx logs every request at INFO: noise in the CLIs' output and the workers' logs. Its
+    # failures still reach us as exceptions, which the callers report.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
@@ -80,13 +84,23 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
 
 
 class _Stderr:
-    """Whatever ``sys.stderr`` is at the time of writing (test capture, a redirected stream)."""
+    """Whatever ``sys.stderr`` is at the time of writing (test capture, a redirected stream),
+    except a stream that logs what it is given: Celery's ``LoggingProxy`` (its
+    ``worker_redirect_stdouts``) would send each line back into logging, and its recursion
+    guard drops it. The process's real stderr then."""
+
+    @staticmethod
+    def _stream() -> TextIO:
+        stream = sys.stderr
+        if stream is None or isinstance(stream, logging.Logger) or hasattr(stream, "logger"):
+            return sys.__stderr__ or sys.stdout
+        return stream
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        return self._stream().write(text)
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        self._stream().flush()
 
 
 @contextmanager

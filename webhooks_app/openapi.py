@@ -274,6 +274,21 @@ PATHS: dict[str, Any] = {
             },
         }
     },
+    "/": {
+        "get": {
+            "operationId": "home",
+            "summary": "The admin page when it is on (302), else a page naming the endpoints.",
+            "tags": ["health"],
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "A short HTML page naming the endpoints.",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                },
+                "302": {"description": "To the admin page."},
+            },
+        }
+    },
     "/healthz": {
         "get": {
             "operationId": "healthz",

@@ -32,8 +32,9 @@ class SecretBox:
     def from_settings(cls, settings: Settings) -> SecretBox:
         if settings.encryption_keys:
             return cls(settings.encryption_keys)
-        if settings.is_sqlite:
-            # Local development (`make run`): a key of its own under instance/, created once.
+        if settings.uses_local_dev_defaults:
+            # `make run` on its embedded PostgreSQL: a key of its own under instance/, created
+            # once, beside the data it protects. A real deployment sets ENCRYPTION_KEYS.
             return cls([load_or_create_dev_key(settings.instance_dir)])
         return cls([])
 

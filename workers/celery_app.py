@@ -2,27 +2,52 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Metrics of the prefork pool's processes are added up through files in this directory; it
-# must be set before prometheus_client is imported (through webhooks_app).
-os.environ.setdefault(
-    "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="webhooks-worker-metrics-")
-)
+# must be set before prometheus_client is imported (through webhooks_app). One made here is
+# removed when the process that made it exits (pool children leave through os._exit).
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _metrics_dir = tempfile.mkdtemp(prefix="webhooks-worker-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+    _creator = os.getpid()
+
+    @atexit.register
+    def _remove_metrics_dir() -> None:
+        if os.getpid() == _creator:
+            shutil.rmtree(_metrics_dir, ignore_errors=True)
+
 
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
 from webhooks_app import create_app, metrics
+from webhooks_app.logs import configure_logging
 from webhooks_app.relay import RelayThread
 from webhooks_app.service import Service
 
 flask_app = create_app()
 celery: Celery = flask_app.extensions["celery"]
 app = celery
+
+
+@setup_logging.connect
+def _keep_our_logging(**_: Any) -> None:
+    """Celery's worker, beat and pool processes log through the service's handler (JSON or
+    console, on stderr). With a receiver here Celery installs no handler of its own and does not
+    swap sys.stdout/sys.stderr for its LoggingProxy, which dropped the handlers' log lines."""
+    settings = flask_app.extensions["webhooks"].settings
+    configure_logging(settings.log_level, settings.log_format)
 
 
 class OutboxRelay(bootsteps.StartStopStep):

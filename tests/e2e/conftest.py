@@ -4,6 +4,8 @@ PostgreSQL database and a private redis-server that tests may stop and start."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,8 +112,6 @@ def stack(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "workers.celery_app",
             "beat",
             "--loglevel=INFO",
-            "--schedule",
-            str(log_dir / "beat-schedule"),
         ],
         env,
         log_dir,
@@ -122,3 +122,12 @@ def stack(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     yield stack
     for process in [stack.beat, stack.worker, *stack.extra, stack.web, stack.redis]:
         process.stop()
+
+
+@pytest.fixture
+def outside_pytest_tmp() -> Iterator[Path]:
+    """As root the wheel runs PostgreSQL as its own system user, which must traverse the path
+    to its data; pytest keeps /tmp/pytest-of-root private (0700) and resets it each session."""
+    path = Path(tempfile.mkdtemp(prefix="webhooks-make-run-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -104,3 +104,21 @@ def flask(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str
         timeout=120,
         check=False,
     )
+
+
+def fresh_copy(destination: Path) -> Path:
+    """The checkout as a fresh clone has it: tracked (and new, not ignored) files only, so no
+    instance/, .venv or caches; uncommitted edits included, so it tests the tree as it is."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return destination

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from webhooks_app.config import ConfigError, Settings
 from webhooks_app.secretbox import SecretBox, SecretBoxError, mask
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+# Any server: these tests read settings, they never connect.
+PG = {"DATABASE_URL": "postgresql://db/app"}
 
 
 def key() -> str:
@@ -58,20 +62,21 @@ def test_mask_shows_the_prefix_and_four_last_characters() -> None:
 
 def test_encryption_keys_are_validated_without_echoing_them() -> None:
     first = key()
-    settings = Settings.from_env({"ENCRYPTION_KEYS": f" {first} , {key()} "})
+    settings = Settings.from_env({**PG, "ENCRYPTION_KEYS": f" {first} , {key()} "})
     assert settings.encryption_keys[0] == first
     assert len(settings.encryption_keys) == 2
     with pytest.raises(ConfigError, match="ENCRYPTION_KEYS: key 2 is not a Fernet key") as bad:
-        Settings.from_env({"ENCRYPTION_KEYS": f"{first},not-a-key-at-all"})
+        Settings.from_env({**PG, "ENCRYPTION_KEYS": f"{first},not-a-key-at-all"})
     assert "not-a-key-at-all" not in str(bad.value)
 
 
 def test_subscription_settings_from_the_environment() -> None:
-    defaults = Settings.from_env({})
+    defaults = Settings.from_env(PG)
     assert defaults.assisters_api_base == "https://api.assisters.com/v1"
     assert (defaults.rotation_days, defaults.rotation_grace_hours) == (30, 24.0)
     custom = Settings.from_env(
         {
+            **PG,
             "ASSISTERS_API_BASE": "http://127.0.0.1:8090/v1/",
             "ASSISTERS_API_KEY": "ask_x",
             "ASSISTERS_API_KEY_ID": "key_1",
@@ -84,17 +89,24 @@ def test_subscription_settings_from_the_environment() -> None:
     assert custom.public_base_url == "https://hooks.example.com"
     assert (custom.rotation_days, custom.rotation_grace_hours) == (0, 0.5)
     with pytest.raises(ConfigError, match="ROTATION_GRACE_HOURS"):
-        Settings.from_env({"ROTATION_GRACE_HOURS": "soon"})
+        Settings.from_env({**PG, "ROTATION_GRACE_HOURS": "soon"})
     with pytest.raises(ConfigError, match="ASSISTERS_TIMEOUT_SECONDS"):
-        Settings.from_env({"ASSISTERS_TIMEOUT_SECONDS": "0"})
+        Settings.from_env({**PG, "ASSISTERS_TIMEOUT_SECONDS": "0"})
 
 
-def test_local_sqlite_development_gets_a_private_persistent_key(tmp_path: Path) -> None:
-    settings = Settings(database_url=f"sqlite:///{tmp_path}/x.db", instance_dir=tmp_path)
+def test_make_runs_embedded_postgres_gets_a_private_persistent_key(tmp_path: Path) -> None:
+    # What webhooks_app.embedded leaves while `make run`'s server runs: its URL and its pid file.
+    url = "postgresql+psycopg://postgres@/postgres?host=/tmp/socket"
+    (tmp_path / "postgres").mkdir()
+    (tmp_path / "postgres" / "postmaster.pid").write_text(f"{os.getpid()}\n{tmp_path}\n")
+    (tmp_path / "postgres.url").write_text(url + "\n")
+    settings = Settings.from_env({"INSTANCE_DIR": str(tmp_path)})
+    assert settings.database_url == url
     box = SecretBox.from_settings(settings)
     token = box.encrypt(SECRET)
     key_file = tmp_path / "encryption.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert SecretBox.from_settings(settings).decrypt(token) == SECRET
-    postgres = Settings(database_url="postgresql+psycopg://db/x", instance_dir=tmp_path / "pg")
+    # Any other server is a deployment: it sets ENCRYPTION_KEYS, nothing is generated.
+    postgres = Settings(database_url="postgresql+psycopg://db/x", instance_dir=tmp_path)
     assert not SecretBox.from_settings(postgres).configured

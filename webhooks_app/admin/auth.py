@@ -44,7 +44,9 @@ _NOT_LOOKED_UP = object()
 
 
 def _fingerprint(settings: Settings) -> str:
-    return hashlib.sha256((settings.admin_password_hash or "").encode()).hexdigest()[:16]
+    # The login link's token stands for the password: a new `make run` ends older sessions.
+    credential = settings.admin_password_hash or settings.admin_login_token or ""
+    return hashlib.sha256(credential.encode()).hexdigest()[:16]
 
 
 def _id_hash(session_id: str) -> str:
@@ -139,7 +141,7 @@ def _lookup_session() -> str | None:
     service = current_service()
     settings = service.settings
     name, session_id = session.get("admin"), session.get("sid")
-    if not settings.admin_login_enabled or name != settings.admin_username:
+    if not settings.admin_login_enabled or name != settings.admin_name:
         return None
     if session.get("pw") != _fingerprint(settings) or not isinstance(session_id, str):
         return None

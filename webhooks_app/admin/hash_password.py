@@ -1,4 +1,4 @@
-"""Print an Argon2id hash for ADMIN_PASSWORD_HASH: ``python -m webhooks_app.admin.hash_password``.
+"""Print an Argon2id hash for ADMIN_PASSWORD_HASH: ``make hash-password``.
 
 Asks twice on a terminal; reads one line from standard input otherwise (for scripts).
 """

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
 from webhooks_app import actions, audit, masking, params, replay, store
-from webhooks_app.admin import bp, presenting
+from webhooks_app.admin import bp, login_link, presenting
 from webhooks_app.admin.auth import (
     POLL_HEADER,
     check_credentials,
@@ -142,6 +142,10 @@ def login() -> ResponseReturnValue:
             "The admin page is disabled: set ADMIN_USERNAME and ADMIN_PASSWORD_HASH.",
             code="admin_disabled",
         )
+    if "token" in request.args:
+        return _login_with_link(request.args["token"])
+    # `make run` with no admin configured: only its printed link logs in.
+    link_only = not service.settings.admin_password_enabled
     form = LoginForm()
     if request.method == "POST":
         username = (form.username.data or "").strip()
@@ -151,10 +155,25 @@ def login() -> ResponseReturnValue:
             log_in(username)
             return redirect(safe_next(request.args.get("next")))
         record_failed_login(username)
-        return render_template("admin/login.html", form=form, failed=True), 401
+        return render_template("admin/login.html", form=form, failed=True, link_only=link_only), 401
     if session_admin() is not None:
         return redirect(safe_next(request.args.get("next")))
-    return render_template("admin/login.html", form=form, failed=False)
+    return render_template("admin/login.html", form=form, failed=False, link_only=link_only)
+
+
+def _login_with_link(token: str) -> ResponseReturnValue:
+    """`make run`'s printed link (webhooks_app/admin/login_link.py)."""
+    service = current_service()
+    name = service.settings.admin_name
+    if name is None or not login_link.token_matches(service.settings, token):
+        record_failed_login("", method="link")
+        link_only = not service.settings.admin_password_enabled
+        page = render_template(
+            "admin/login.html", form=LoginForm(), failed=True, link_only=link_only
+        )
+        return page, 401
+    log_in(name, method="link")
+    return redirect(url_for("admin.events"))
 
 
 @bp.post("/logout")

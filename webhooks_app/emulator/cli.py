@@ -8,7 +8,7 @@ import logging
 
 import click
 import httpx
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from webhooks_app.emulator.app import (
     DEFAULT_API_KEY,
@@ -18,6 +18,16 @@ from webhooks_app.emulator.app import (
     create_emulator_app,
 )
 from webhooks_app.secretbox import mask
+
+
+class PlainRequestLog(WSGIRequestHandler):
+    """Werkzeug's request line without its ANSI colours, which end up raw inside log files and
+    JSON log lines."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        line = getattr(self, "requestline", "")
+        self.log("info", '"%s" %s %s', line.translate(self._control_char_table), code, size)
+
 
 emulator_cli = click.Group("emulator", help="A local Assisters API emulator (tests, offline).")
 
@@ -56,7 +66,9 @@ def serve(host: str, port: int, api_key: str, retry_compression: float, rate_lim
         rate_limit=rate_limit,
         retry_compression=retry_compression,
     )
-    server = make_server(host, port, create_emulator_app(config), threaded=True)
+    server = make_server(
+        host, port, create_emulator_app(config), threaded=True, request_handler=PlainRequestLog
+    )
     click.echo(
         f"Assisters emulator on http://{host}:{server.server_port}/v1 "
         f"(API key {mask(api_key)}, id {DEFAULT_API_KEY_ID}); Ctrl-C stops it",
