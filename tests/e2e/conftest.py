@@ -14,10 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, ADMIN_USERNAME
 from tests.support import processes
 from tests.support.processes import Process
 from tests.support.signing import TEST_SECRET, delivery
+from webhooks_app.config import Settings
 
 
 @dataclass
@@ -131,3 +132,21 @@ def outside_pytest_tmp() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="webhooks-make-run-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def service_env(settings: Settings, tmp_path: Path, admin_password_hash: str) -> dict[str, str]:
+    """The environment of a real service process on this session's database and Redis, with
+    the admin page and the API on; tests add what they need."""
+    return {
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.broker_url,
+        "WEBHOOK_SECRETS": TEST_SECRET,
+        "HANDLERS_MODULE": "tests.support.handlers",
+        "INSTANCE_DIR": str(tmp_path / "instance"),
+        "SECRET_KEY": "e2e-secret-key",
+        "ADMIN_API_TOKEN": ADMIN_TOKEN,
+        "ADMIN_USERNAME": ADMIN_USERNAME,
+        "ADMIN_PASSWORD_HASH": admin_password_hash,
+        "WEB_CONCURRENCY": "2",
+    }

@@ -19,8 +19,7 @@ from flask import Flask
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_TOKEN, ADMIN_USERNAME
 from tests.support.processes import ROOT, celery_worker, free_port, gunicorn, wait_until
-from tests.support.signing import TEST_SECRET, delivery
-from webhooks_app.config import Settings
+from tests.support.signing import delivery
 
 pytestmark = pytest.mark.e2e
 
@@ -48,21 +47,10 @@ def require_chromium() -> None:
 
 
 @pytest.fixture
-def server(
-    app: Flask, settings: Settings, tmp_path: Path, admin_password_hash: str
-) -> Iterator[str]:
+def server(app: Flask, service_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """gunicorn and a Celery worker on this session's database and Redis; yields the base URL."""
     env = {
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.broker_url,
-        "WEBHOOK_SECRETS": TEST_SECRET,
-        "HANDLERS_MODULE": "tests.support.handlers",
-        "INSTANCE_DIR": str(tmp_path / "instance"),
-        "SECRET_KEY": "e2e-secret-key",
-        "ADMIN_API_TOKEN": ADMIN_TOKEN,
-        "ADMIN_USERNAME": ADMIN_USERNAME,
-        "ADMIN_PASSWORD_HASH": admin_password_hash,
-        "WEB_CONCURRENCY": "2",
+        **service_env,
     }
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -15,29 +15,17 @@ from flask import Flask
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_TOKEN, ADMIN_USERNAME
 from tests.support.processes import free_port, gunicorn
-from tests.support.signing import TEST_SECRET, delivery
-from webhooks_app.config import Settings
+from tests.support.signing import delivery
 
 pytestmark = pytest.mark.e2e
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture
-def base_url(
-    app: Flask, settings: Settings, tmp_path: Path, admin_password_hash: str
-) -> Iterator[str]:
+def base_url(app: Flask, service_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     env = {
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.broker_url,
-        "WEBHOOK_SECRETS": TEST_SECRET,
-        "HANDLERS_MODULE": "tests.support.handlers",
-        "INSTANCE_DIR": str(tmp_path / "instance"),
-        "SECRET_KEY": "e2e-secret-key",
-        "ADMIN_API_TOKEN": ADMIN_TOKEN,
-        "ADMIN_USERNAME": ADMIN_USERNAME,
-        "ADMIN_PASSWORD_HASH": admin_password_hash,
+        **service_env,
         "ADMIN_LOGIN_RATE_LIMIT": "5 per minute",
-        "WEB_CONCURRENCY": "2",
     }
     logs = tmp_path / "logs"
     logs.mkdir()

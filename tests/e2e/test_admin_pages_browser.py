@@ -26,8 +26,6 @@ from tests.e2e.test_admin_browser import (
 )
 from tests.support.emulator import RunningEmulator
 from tests.support.processes import ROOT, celery_worker, free_port, gunicorn, wait_until
-from tests.support.signing import TEST_SECRET
-from webhooks_app.config import Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -38,29 +36,19 @@ DESKTOP = {"width": 1280, "height": 900}
 @pytest.fixture
 def stack(
     app: Flask,
-    settings: Settings,
+    service_env: dict[str, str],
     tmp_path: Path,
-    admin_password_hash: str,
     emulator: RunningEmulator,
 ) -> Iterator[tuple[str, dict[str, str]]]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.broker_url,
-        "WEBHOOK_SECRETS": TEST_SECRET,
-        "HANDLERS_MODULE": "tests.support.handlers",
-        "INSTANCE_DIR": str(tmp_path / "instance"),
-        "SECRET_KEY": "e2e-secret-key",
-        "ADMIN_API_TOKEN": ADMIN_TOKEN,
-        "ADMIN_USERNAME": ADMIN_USERNAME,
-        "ADMIN_PASSWORD_HASH": admin_password_hash,
+        **service_env,
         "ENCRYPTION_KEYS": ENCRYPTION_KEY,
         "ASSISTERS_API_BASE": emulator.api_base,
         "ASSISTERS_API_KEY": emulator.api_key,
         "ASSISTERS_API_KEY_ID": emulator.api_key_id,
         "PUBLIC_BASE_URL": base,
-        "WEB_CONCURRENCY": "2",
         # Other tests' failed logins from 127.0.0.1 count in the same Redis for a minute.
         "ADMIN_LOGIN_RATE_LIMIT": "1000 per minute",
         "HANDLER_MAX_ATTEMPTS": "20",  # step_two keeps failing (and retrying) during the test
