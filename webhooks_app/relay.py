@@ -120,12 +120,15 @@ class RelayWaker:
     """Wakes the relays after the intake stored events, from one thread of this process.
 
     The request path only sets a flag; the thread sends one ``NOTIFY`` for every event stored
-    since its last one (under load, one for many), on a connection of its own. A lost
-    wake-up costs an event at most the relays' poll interval.
+    since its last one, and at most one per ``RELAY_LINGER_MS`` (a woken relay lingers that long
+    before it takes the events anyway): under load one round trip wakes the relays for many
+    events instead of one per event. A lost wake-up costs an event at most the relays' poll
+    interval.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, pause: float) -> None:
         self._db = db
+        self._pause = pause
         self._pending = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -153,6 +156,7 @@ class RelayWaker:
             except Exception:
                 log.warning("could not wake the relays; they will poll", exc_info=True)
                 time.sleep(1.0)
+            time.sleep(self._pause)
 
 
 class RelayThread:

@@ -39,7 +39,12 @@ class Service:
 
     def __post_init__(self) -> None:
         self.relay = Relay(self.db, self.publish, self.settings)
-        self.intake = Intake(self.db, self.settings, self.active_secrets, RelayWaker(self.db).wake)
+        self.intake = Intake(
+            self.db,
+            self.settings,
+            self.active_secrets,
+            RelayWaker(self.db, self.settings.relay_linger_seconds).wake,
+        )
         self.subscriptions = Subscriptions(
             self.db, SecretBox.from_settings(self.settings), self.settings
         )
