@@ -8,9 +8,10 @@ finished carries a ``due_at``; the sweep takes the overdue ones and publishes th
 replay starts a new run of chosen handlers.
 
 Each function is one transition: a few fixed statements run on the caller's connection,
-inside the caller's transaction (the caller commits). Ids and registries travel as arrays, so
-a statement's text never changes, whatever the batch: it is compiled once and psycopg prepares
-it on the server. Status values in the SQL come from the enums in ``store``.
+inside the caller's transaction (the caller commits); the intake's ``store`` runs in autocommit
+mode straight through psycopg (``Database.execute_autocommit``). Ids and registries travel as
+arrays, so a statement's text never changes, whatever the batch: it is compiled once and psycopg
+prepares it on the server. Status values in the SQL come from the enums in ``store``.
 
 Rules every transition keeps:
 - **One writer per event.** A transition that changes handler states first locks the events'
@@ -20,8 +21,8 @@ Rules every transition keeps:
 - **A claim is a conditional write** (of two racing workers, one matches the row) and a
   finish is guarded by the claim's token: an attempt whose lease ran out and was taken over
   records ``abandoned`` and changes nothing else.
-- **An event's status follows from its registered handlers' states** (``_SETTLE``), derived
-  in one statement by every transition that changes them.
+- **An event's status follows from its registered handlers' states** (``_settling``), derived
+  in the same statement by every transition that changes them.
 """
 
 from __future__ import annotations
