@@ -142,20 +142,15 @@ def run(
     from honcho.printer import Printer
 
     child_env = dict(env)
-    # One instance folder for every process, wherever each one's working directory is.
-    instance_dir = default_instance_dir(child_env)
-    child_env["INSTANCE_DIR"] = str(instance_dir)
-    server: embedded.EmbeddedServer | None = None
     cleanup: list[Callable[[], object]] = []
     try:
-        if not child_env.get("DATABASE_URL", "").strip():
-            try:
-                server = embedded.start(instance_dir)
-            except embedded.EmbeddedUnavailable as exc:
-                print(exc, file=sys.stderr, flush=True)
-                return 1
-            child_env["DATABASE_URL"] = server.url
-            say(f"PostgreSQL (embedded): {server.pgdata}")
+        server = _database(child_env)
+    except embedded.EmbeddedUnavailable as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return 1
+    if server is not None:
+        say(f"PostgreSQL (embedded): {server.pgdata}")
+    try:
         migrate(child_env["DATABASE_URL"])
         token = child_environment(child_env, host, port)
         base = browse_url(host, port)
@@ -192,20 +187,28 @@ def run(
             say("PostgreSQL (embedded) stopped")
 
 
+def _database(child_env: dict[str, str]) -> embedded.EmbeddedServer | None:
+    """Point ``child_env`` at one instance folder for every process (wherever each one's working
+    directory is) and at a database: its DATABASE_URL, or the embedded server, started or
+    joined, which the caller stops. Raises ``embedded.EmbeddedUnavailable``."""
+    instance_dir = default_instance_dir(child_env)
+    child_env["INSTANCE_DIR"] = str(instance_dir)
+    if child_env.get("DATABASE_URL", "").strip():
+        return None
+    server = embedded.start(instance_dir)
+    child_env["DATABASE_URL"] = server.url
+    return server
+
+
 def run_command(env: Mapping[str, str], command: list[str]) -> int:
     """Run one command on the same database as ``make run`` (``make subscriptions ...``): the
     embedded server is joined if it runs, started for the command's length if not."""
     child_env = dict(env)
-    instance_dir = default_instance_dir(child_env)
-    child_env["INSTANCE_DIR"] = str(instance_dir)
-    server: embedded.EmbeddedServer | None = None
-    if not child_env.get("DATABASE_URL", "").strip():
-        try:
-            server = embedded.start(instance_dir)
-        except embedded.EmbeddedUnavailable as exc:
-            print(exc, file=sys.stderr, flush=True)
-            return 1
-        child_env["DATABASE_URL"] = server.url
+    try:
+        server = _database(child_env)
+    except embedded.EmbeddedUnavailable as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return 1
     try:
         migrate(child_env["DATABASE_URL"])
         return subprocess.run(command, env=child_env, check=False).returncode  # noqa: S603
