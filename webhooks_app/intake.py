@@ -32,10 +32,6 @@ class Received:
     type: str
     stored: engine.Stored
 
-    @property
-    def created(self) -> bool:
-        return self.stored == engine.Stored.CREATED
-
 
 class Intake:
     def __init__(

@@ -19,6 +19,7 @@ from tests.support.events import event_status
 from tests.support.processes import wait_until
 from tests.support.signing import delivery
 from webhooks_app import relay, store
+from webhooks_app.engine import Stored
 from webhooks_app.relay import Relay, RelayThread
 from webhooks_app.service import Service
 from webhooks_app.store import EventRow, HandlerStateRow, utcnow
@@ -30,7 +31,8 @@ def store_received(service: Service, *msg_ids: str) -> None:
     """Store events as the intake does (no relay runs in the tests' app)."""
     for msg_id in msg_ids:
         body, headers = delivery(msg_id=msg_id)
-        assert service.intake.receive({k.lower(): v for k, v in headers.items()}, body).created
+        received = service.intake.receive({k.lower(): v for k, v in headers.items()}, body)
+        assert received.stored == Stored.CREATED
 
 
 def test_the_relay_publishes_received_events_in_batches_and_marks_them_queued(
