@@ -41,12 +41,17 @@ class Database:
         self.dispose()
         self._engine = make_engine(settings, pool_size=pool_size)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
-        # The intake (``execute_autocommit``): a connection per request thread; no ping and no
-        # reset when it goes back to the pool (each statement is its own transaction), and a
-        # statement that meets a dead connection is tried again on a new one instead.
+        # The intake (``execute_autocommit``): WEB_THREADS connections per web process, and no
+        # more: a request beyond them waits for one (under gevent a process serves many more
+        # requests at once than it should hold connections, and a connection opened for a burst
+        # and closed after it costs PostgreSQL a new backend each time). No ping and no reset
+        # when one goes back to the pool (each statement is its own transaction); a statement
+        # that meets a dead connection is tried again on a new one instead.
         self._autocommit = make_engine(
             settings,
             pool_size=settings.web_threads,
+            max_overflow=0,
+            pool_timeout=INTAKE_POOL_TIMEOUT_SECONDS,
             isolation_level="AUTOCOMMIT",
             pre_ping=False,
             reset_on_return=False,
@@ -171,6 +176,8 @@ def make_engine(
     settings: Settings,
     *,
     pool_size: int = 5,
+    max_overflow: int | None = None,
+    pool_timeout: float = 30.0,
     isolation_level: str | None = None,
     pre_ping: bool = True,
     reset_on_return: bool = True,
@@ -186,7 +193,8 @@ def make_engine(
         # A logged database error must not carry the values bound to it (payloads, secrets).
         hide_parameters=True,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size if max_overflow is None else max_overflow,
+        pool_timeout=pool_timeout,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5},
@@ -203,6 +211,10 @@ def make_engine(
 
     return engine
 
+
+# How long a delivery waits for one of the intake's connections before it is answered 503: well
+# within a provider's own timeout (10-15 s), so that it retries rather than gives up.
+INTAKE_POOL_TIMEOUT_SECONDS = 5.0
 
 # A pooled connection that rested this long is pinged before use (see ``ping_after_rest``).
 REST_BEFORE_PING_SECONDS = 2.0

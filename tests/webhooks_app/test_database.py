@@ -1,13 +1,21 @@
-"""The database handle: errors never list the values bound to a statement (they get logged).
-
-The server's own message may still quote the value it refused; the others stay out."""
+"""The database handle: errors never list the values bound to a statement (they get logged;
+the server's own message may still quote the value it refused, the others stay out), and the
+intake's pool holds a fixed number of connections."""
 
 from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
+from webhooks_app import database
+from webhooks_app.config import Settings
+from webhooks_app.database import Database
+from webhooks_app.errors import DATABASE_ERRORS, database_error
 from webhooks_app.service import Service
 
 SECRET = "whsec_value_that_must_not_be_logged"
@@ -25,3 +33,46 @@ def test_an_autocommit_error_is_sqlalchemys_and_hides_its_parameters(service: Se
             "SELECT CAST(%(bad)s AS integer), %(v)s::text", {"bad": "x", "v": SECRET}
         )
     assert SECRET not in str(raised.value)
+
+
+def _backends_at_once(db: Database, requests: int) -> set[int]:
+    """The backends that ``requests`` concurrent intake statements ran on."""
+
+    def one() -> int:
+        rows = db.execute_autocommit("SELECT pg_backend_pid() FROM pg_sleep(0.1)", {})
+        return int(rows[0][0])
+
+    with ThreadPoolExecutor(requests) as pool:
+        return set(pool.map(lambda _: one(), range(requests)))
+
+
+def test_the_intake_holds_web_threads_connections_and_no_more(settings: Settings) -> None:
+    # More requests at once than WEB_THREADS (as a gevent worker serves) wait for a pooled
+    # connection: none is opened for the burst and closed after it, a new backend each time.
+    db = Database()
+    db.configure(replace(settings, web_threads=2))
+    try:
+        first = _backends_at_once(db, 8)
+        again = _backends_at_once(db, 8)
+    finally:
+        db.dispose()
+    assert len(first) == 2
+    assert again == first
+
+
+def test_a_delivery_that_waits_too_long_for_a_connection_is_a_503(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database, "INTAKE_POOL_TIMEOUT_SECONDS", 0.2)
+    db = Database()
+    db.configure(replace(settings, web_threads=1))
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            holding = pool.submit(db.execute_autocommit, "SELECT pg_sleep(1.5)", {})
+            time.sleep(0.3)
+            with pytest.raises(DATABASE_ERRORS) as raised:
+                db.execute_autocommit("SELECT 1", {})
+            holding.result()
+    finally:
+        db.dispose()
+    assert database_error(raised.value).status == 503
