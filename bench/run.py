@@ -169,34 +169,6 @@ def _vacuum(engine: Any) -> None:
         c.execute(text("VACUUM (ANALYZE) events, event_handlers, handler_attempts"))
 
 
-def _backend_pids(engine: Any) -> list[int]:
-    """PostgreSQL backends serving this run's database (their CPU is part of the cost)."""
-    with engine.connect() as c:
-        return [
-            int(pid)
-            for (pid,) in c.execute(
-                text(
-                    "SELECT pid FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            )
-        ]
-
-
-def _pipeline_cpu(
-    web: stack.Process, worker: stack.Process, engine: Any
-) -> dict[str, dict[int, float]]:
-    """CPU seconds used so far by each process of each part of the pipeline."""
-    relay = stack.relay_processes(web)
-    parts = {
-        "web": [p for p in web.pids() if p not in relay],
-        "relay": relay,
-        "worker": worker.pids(),
-        "postgres": _backend_pids(engine),
-    }
-    return {part: {p: stack.cpu_seconds([p]) for p in pids} for part, pids in parts.items()}
-
-
 def _cpu_spent(
     before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
 ) -> dict[str, float]:
@@ -255,7 +227,8 @@ def _order(sides: list[Side], round_: int) -> list[Side]:
 
 def _pipeline_cpu(side: Side) -> dict[str, dict[int, float]]:
     """CPU seconds used so far by each process of each part of a side's pipeline: every process
-    under its gunicorn and its Celery worker, and the PostgreSQL backends of its database."""
+    under its gunicorn and its Celery worker, and the PostgreSQL server (one figure: the sides'
+    rounds never overlap)."""
     assert side.web is not None
     assert side.worker is not None
     relay = stack.relay_processes(side.web)
@@ -263,9 +236,19 @@ def _pipeline_cpu(side: Side) -> dict[str, dict[int, float]]:
         "web": [p for p in side.web.pids() if p not in relay],
         "relay": relay,  # none where the relay is a thread of the worker: counted there
         "worker": side.worker.pids(),
-        "postgres": _backend_pids(side.engine),
+        "postgres": [POSTGRES],
     }
-    return {part: {p: stack.cpu_seconds([p]) for p in pids} for part, pids in parts.items()}
+    return {part: {p: _cpu_seconds(p) for p in pids} for part, pids in parts.items()}
+
+
+# The PostgreSQL server among a part's processes: all of its processes, those that exited
+# included (a connection opened and closed within a round had a backend whose CPU a count of the
+# database's live backends would miss).
+POSTGRES = 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    return stack.postgres_cpu_seconds() if pid == POSTGRES else stack.cpu_seconds([pid])
 
 
 def _ratios(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -341,17 +324,16 @@ class Bench:
         """One closed-loop round, with the CPU it cost the server, PostgreSQL and the client."""
         server_pids = [pid for server in servers for pid in server.pids()]
         serving = stack.request_workers(servers[0])
-        pg_pids = _backend_pids(engine)
         server_before = stack.cpu_seconds(server_pids)
         serving_before = [stack.cpu_seconds([pid]) for pid in serving]
-        pg_before = stack.cpu_seconds(pg_pids)
+        pg_before = stack.postgres_cpu_seconds()
         result, client_cpu = self._load(port, duration=self.o.round_duration)
         server_cpu = stack.cpu_seconds(server_pids) - server_before
         serving_cpu = [
             stack.cpu_seconds([pid]) - before
             for pid, before in zip(serving, serving_before, strict=True)
         ]
-        pg_cpu = stack.cpu_seconds(pg_pids) - pg_before
+        pg_cpu = stack.postgres_cpu_seconds() - pg_before
         n = max(result.ok, 1)
         return result, {
             "requests_per_second": round(result.requests_per_second, 1),

@@ -363,3 +363,27 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / ticks
+
+
+def postgres_cpu_seconds() -> float:
+    """User + system CPU seconds the local PostgreSQL server has used so far: each of its
+    processes (backends, WAL writer, checkpointer, autovacuum), and the backends that have
+    exited, whose time Linux adds to the postmaster's children's once it has reaped them."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[str, list[str]]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        stats[int(stat.parent.name)] = (name, raw.rsplit(")", 1)[1].split())
+    total = 0
+    for name, fields in stats.values():
+        if not name.startswith("postgres"):
+            continue
+        total += int(fields[11]) + int(fields[12])
+        parent = stats.get(int(fields[1]))
+        if parent is None or not parent[0].startswith("postgres"):  # the postmaster
+            total += int(fields[13]) + int(fields[14])
+    return total / ticks
