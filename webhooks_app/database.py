@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -89,12 +89,24 @@ class Database:
             yield session
 
     @contextmanager
-    def begin(self) -> Iterator[Connection]:
-        """A transaction for the engine's transitions; commits on success."""
-        if self._transitions is None:
+    def begin(self) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction for the engine's transitions, on a connection of their own, straight
+        through psycopg; commits on success. Errors come out as SQLAlchemy's.
+
+        In psycopg's pipeline mode: a statement is sent at once and its result read only when
+        the caller fetches rows, so the BEGIN, a transition's lock and its statement travel
+        in one round trip, and the COMMIT in a second (a worker's message took eight).
+        """
+        engine = self._transitions
+        if engine is None:
             raise RuntimeError("the database is not configured; call create_app() first")
-        with self._transitions.begin() as connection:
-            yield connection
+        fairy = engine.raw_connection()
+        try:
+            driver: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
+            with _as_sqlalchemy_errors(engine, fairy), driver.pipeline(), driver.transaction():
+                yield driver
+        finally:
+            fairy.close()
 
     def execute_autocommit(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run one statement as its own durable transaction; its rows. The intake's path.
@@ -112,27 +124,13 @@ class Database:
             fairy = engine.raw_connection()
             try:
                 driver: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
-                cursor = driver.execute(sql, params, prepare=True)
-                return cursor.fetchall() if cursor.description is not None else []
-            except psycopg.Error as exc:
-                disconnected = driver.closed or engine.dialect.is_disconnect(
-                    exc,  # type: ignore[arg-type]
-                    fairy,
-                    None,
-                )
-                if disconnected:
-                    fairy.invalidate(exc)
-                    if attempt == 1:
-                        continue  # a stale pooled connection: once more on a new one
-                raise sa_exc.DBAPIError.instance(
-                    sql,
-                    dict(params),
-                    exc,
-                    psycopg.Error,
-                    hide_parameters=True,
-                    connection_invalidated=disconnected,
-                    dialect=engine.dialect,
-                ) from exc
+                with _as_sqlalchemy_errors(engine, fairy, sql):
+                    cursor = driver.execute(sql, params, prepare=True)
+                    return cursor.fetchall() if cursor.description is not None else []
+            except sa_exc.DBAPIError as exc:
+                if exc.connection_invalidated and attempt == 1:
+                    continue  # a stale pooled connection: once more on a new one
+                raise
             finally:
                 fairy.close()
         raise AssertionError("unreachable")
@@ -141,6 +139,47 @@ class Database:
         """Forked children must not share the parent's pooled connections."""
         for engine in self._engines():
             engine.dispose(close=False)
+
+
+@contextmanager
+def session_driver(session: Session) -> Iterator[psycopg.Connection[Any]]:
+    """The psycopg connection under ``session``, inside its transaction: for the engine's
+    transitions within an operator's action, whose unit of work keeps its one commit point.
+    Errors come out as SQLAlchemy's."""
+    connection = session.connection()
+    fairy = connection.connection
+    driver: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
+    # The session owns the connection: it is not invalidated here (its rollback does that).
+    with _as_sqlalchemy_errors(connection.engine, fairy, invalidate=False):
+        yield driver
+
+
+@contextmanager
+def _as_sqlalchemy_errors(
+    engine: Engine, fairy: Any, statement: str | None = None, *, invalidate: bool = True
+) -> Iterator[None]:
+    """psycopg's errors on a raw pooled connection, raised as SQLAlchemy's (the one error
+    contract of the callers), the values hidden; a connection found dead is invalidated."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        driver = fairy.driver_connection
+        disconnected = driver.closed or engine.dialect.is_disconnect(
+            exc,  # type: ignore[arg-type]
+            fairy,
+            None,
+        )
+        if disconnected and invalidate:
+            fairy.invalidate(exc)
+        raise sa_exc.DBAPIError.instance(
+            statement,
+            {},
+            exc,
+            psycopg.Error,
+            hide_parameters=True,
+            connection_invalidated=disconnected,
+            dialect=engine.dialect,
+        ) from exc
 
 
 def _json_serializer(value: Any) -> str:
@@ -244,5 +283,8 @@ def ping_after_rest(engine: Engine) -> None:
             return
         try:
             dbapi_connection.execute("SELECT 1")
+            # The ping began a transaction: end it, or the caller's own transaction would only
+            # be a savepoint inside it, rolled back when the connection goes back to the pool.
+            dbapi_connection.rollback()
         except psycopg.Error as exc:
             raise sa_exc.DisconnectionError(str(exc)) from exc

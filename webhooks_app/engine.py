@@ -7,11 +7,12 @@ the claims (``succeeded``, ``failed`` with a retry time, or ``dead``). Every eve
 finished carries a ``due_at``; the sweep takes the overdue ones and publishes them again. A
 replay starts a new run of chosen handlers.
 
-Each function is one transition: a few fixed statements run on the caller's connection,
-inside the caller's transaction (the caller commits); the intake's ``store`` runs in autocommit
-mode straight through psycopg (``Database.execute_autocommit``). Ids and registries travel as
-arrays, so a statement's text never changes, whatever the batch: it is compiled once and psycopg
-prepares it on the server. Status values in the SQL come from the enums in ``store``.
+Each function is one transition: a few fixed statements run straight through psycopg on the
+caller's connection, inside the caller's transaction (the caller commits: ``Database.begin``,
+in pipeline mode, so that a transition's statements and its BEGIN travel in one round trip);
+the intake's ``store`` runs in autocommit mode (``Database.execute_autocommit``). Ids and
+registries travel as arrays, so a statement's text never changes, whatever the batch, and
+psycopg prepares it on the server. Status values in the SQL come from the enums in ``store``.
 
 Rules every transition keeps:
 - **One writer per event.** A transition that changes handler states first locks the events'
@@ -34,9 +35,8 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, TextClause, bindparam, text
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.types import BigInteger, DateTime, Integer, Interval, Text
+import psycopg
+from psycopg.rows import namedtuple_row
 
 from webhooks_app.events import Event
 from webhooks_app.registry import WILDCARD, Handler
@@ -49,12 +49,15 @@ TAKEN_OVER = "Finished after its lease had expired; another attempt took over."
 ABANDONED = "The worker running this attempt stopped (its lease expired)."
 
 E, H, A = EventStatus, HandlerStatus, AttemptStatus
-_TEXTS, _INTS, _BIGINTS = ARRAY(Text), ARRAY(Integer), ARRAY(BigInteger)
-_MOMENT, _MOMENTS = DateTime(timezone=True), ARRAY(DateTime(timezone=True))
+# A connection of the caller's, in a transaction of the caller's (``Database.begin``).
+Connection = psycopg.Connection[Any]
 
 
-def _sql(sql: str, **types: Any) -> TextClause:
-    return text(sql).bindparams(*(bindparam(name, type_=type_) for name, type_ in types.items()))
+def _run(connection: Connection, sql: str, params: Mapping[str, Any]) -> psycopg.Cursor[Any]:
+    """Send a statement; its rows (named) are read when the caller fetches them. In the
+    pipeline mode of ``Database.begin``, statements sent one after the other travel together
+    until the first fetch."""
+    return connection.cursor(row_factory=namedtuple_row).execute(sql, params)
 
 
 # --- store -----------------------------------------------------------------------------------
@@ -129,35 +132,27 @@ def wake_relays(execute: ExecuteAutocommit) -> None:
     execute(_WAKE_RELAYS, {})
 
 
-_TAKE_FOR_HANDOFF = _sql(
-    f"""
-UPDATE events SET status = '{E.QUEUED}', updated_at = :now, due_at = :due_at
+_TAKE_FOR_HANDOFF = f"""
+UPDATE events SET status = '{E.QUEUED}', updated_at = %(now)s, due_at = %(due_at)s
 WHERE id IN (
     SELECT id FROM events WHERE status = '{E.RECEIVED}'
-    ORDER BY received_at LIMIT :limit
+    ORDER BY received_at LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
 RETURNING id
-""",
-    now=_MOMENT,
-    due_at=_MOMENT,
-)
+"""
 
-_TAKE_OVERDUE = _sql(
-    f"""
+_TAKE_OVERDUE = f"""
 UPDATE events
-SET due_at = :due_at, updated_at = :now,
+SET due_at = %(due_at)s, updated_at = %(now)s,
     status = CASE WHEN status = '{E.RECEIVED}' THEN '{E.QUEUED}' ELSE status END
 WHERE id IN (
-    SELECT id FROM events WHERE due_at <= :now
-    ORDER BY due_at LIMIT :limit
+    SELECT id FROM events WHERE due_at <= %(now)s
+    ORDER BY due_at LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
 RETURNING id
-""",
-    now=_MOMENT,
-    due_at=_MOMENT,
-)
+"""
 
 
 def take_for_handoff(
@@ -169,10 +164,12 @@ def take_for_handoff(
     rows another relay holds are skipped (``SKIP LOCKED``), so several relays share the work.
     If the message is lost the sweep publishes them again after ``requeue_after``.
     """
-    rows = connection.execute(
-        _TAKE_FOR_HANDOFF, {"now": now, "due_at": now + requeue_after, "limit": limit}
+    rows = _run(
+        connection,
+        _TAKE_FOR_HANDOFF,
+        {"now": now, "due_at": now + requeue_after, "limit": limit},
     )
-    return list(rows.scalars())
+    return [row.id for row in rows]
 
 
 def take_overdue(
@@ -181,10 +178,10 @@ def take_overdue(
     """Postpone up to ``limit`` overdue events by ``requeue_after`` and return their ids, for
     the caller to publish again before it commits: never handed off, lost by the broker,
     waiting for a retry too far off for a countdown, or held by a worker that died."""
-    rows = connection.execute(
-        _TAKE_OVERDUE, {"now": now, "due_at": now + requeue_after, "limit": limit}
+    rows = _run(
+        connection, _TAKE_OVERDUE, {"now": now, "due_at": now + requeue_after, "limit": limit}
     )
-    return list(rows.scalars())
+    return [row.id for row in rows]
 
 
 # --- claim, finish, renew --------------------------------------------------------------------
@@ -214,19 +211,12 @@ class Registered:
         }
 
 
-_REGISTERED_TYPES = {"types": _TEXTS, "names": _TEXTS}
+_LOCK = "SELECT id FROM events WHERE id = ANY(CAST(%(ids)s AS text[])) ORDER BY id FOR UPDATE"
 
-_LOCK = _sql(
-    "SELECT id FROM events WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR UPDATE", ids=_TEXTS
-)
-
-_LOCK_AND_LOAD = _sql(
-    """
+_LOCK_AND_LOAD = """
 SELECT id, type, received_at, payload::text AS payload FROM events
-WHERE id = ANY(CAST(:ids AS text[])) ORDER BY id FOR UPDATE
-""",
-    ids=_TEXTS,
-)
+WHERE id = ANY(CAST(%(ids)s AS text[])) ORDER BY id FOR UPDATE
+"""
 
 
 # An event's status, derived from its registered handlers' states (a handler since removed
@@ -242,14 +232,14 @@ def _settling(changed: str) -> str:
 effective AS (
     SELECT s.event_id, s.handler, s.status, s.lease_until, s.next_attempt_at
     FROM event_handlers s
-    WHERE s.event_id = ANY(CAST(:ids AS text[])) AND NOT EXISTS (
+    WHERE s.event_id = ANY(CAST(%(ids)s AS text[])) AND NOT EXISTS (
         SELECT 1 FROM {changed} c WHERE c.event_id = s.event_id AND c.handler = s.handler)
     UNION ALL
     SELECT event_id, handler, status, lease_until, next_attempt_at FROM {changed}
 ), states AS (
     SELECT f.* FROM effective f
     JOIN events e ON e.id = f.event_id
-    JOIN unnest(CAST(:types AS text[]), CAST(:names AS text[])) AS r(type, handler)
+    JOIN unnest(CAST(%(types)s AS text[]), CAST(%(names)s AS text[])) AS r(type, handler)
         ON r.handler = f.handler AND r.type IN (e.type, '{WILDCARD}')
 ), derived AS (
     SELECT e.id,
@@ -262,27 +252,19 @@ effective AS (
         END AS status,
         CASE
             WHEN bool_or(s.status IN ('{H.PENDING}', '{H.RUNNING}'))
-                THEN COALESCE(max(s.lease_until), :lease_until) + :grace
-            WHEN bool_or(s.status = '{H.FAILED}') THEN min(s.next_attempt_at) + :grace
+                THEN COALESCE(max(s.lease_until), %(lease_until)s) + %(grace)s
+            WHEN bool_or(s.status = '{H.FAILED}') THEN min(s.next_attempt_at) + %(grace)s
         END AS due_at
     FROM events e LEFT JOIN states s ON s.event_id = e.id
-    WHERE e.id = ANY(CAST(:ids AS text[]))
+    WHERE e.id = ANY(CAST(%(ids)s AS text[]))
     GROUP BY e.id
 ), settled AS (
-    UPDATE events e SET status = d.status, due_at = d.due_at, updated_at = :now
+    UPDATE events e SET status = d.status, due_at = d.due_at, updated_at = %(now)s
     FROM derived d
     WHERE e.id = d.id AND (e.status <> d.status OR e.due_at IS DISTINCT FROM d.due_at)
     RETURNING e.id, e.status
 )"""
 
-
-_SETTLING_TYPES = {
-    "ids": _TEXTS,
-    "now": _MOMENT,
-    "lease_until": _MOMENT,
-    "grace": Interval(),
-    **_REGISTERED_TYPES,
-}
 
 # The registered handlers of the (locked) events are claimed in one statement: created already
 # running if the event has no row for the handler yet, taken if its row is pending, failed and
@@ -291,19 +273,18 @@ _SETTLING_TYPES = {
 # attempt numbers continue across runs (a replay starts a new run). A handler another worker
 # holds is returned with the end of its lease, for the caller to come back then; the events
 # are settled in the same statement.
-_CLAIM = _sql(
-    f"""
+_CLAIM = f"""
 WITH wanted AS (
     SELECT e.id AS event_id, r.handler, r.max_attempts
     FROM events e
-    JOIN unnest(CAST(:types AS text[]), CAST(:names AS text[]),
-                CAST(:max_attempts AS int[])) AS r(type, handler, max_attempts)
+    JOIN unnest(CAST(%(types)s AS text[]), CAST(%(names)s AS text[]),
+                CAST(%(max_attempts)s AS int[])) AS r(type, handler, max_attempts)
         ON r.type IN (e.type, '{WILDCARD}')
-    WHERE e.id = ANY(CAST(:ids AS text[]))
+    WHERE e.id = ANY(CAST(%(ids)s AS text[]))
 ), created AS (
     INSERT INTO event_handlers
         (event_id, handler, status, attempts, max_attempts, run, lease_until, updated_at)
-    SELECT event_id, handler, '{H.RUNNING}', 1, max_attempts, 1, :lease_until, :now
+    SELECT event_id, handler, '{H.RUNNING}', 1, max_attempts, 1, %(lease_until)s, %(now)s
     FROM wanted
     ORDER BY event_id, handler
     ON CONFLICT DO NOTHING
@@ -311,20 +292,20 @@ WITH wanted AS (
               max_attempts
 ), taken AS (
     UPDATE event_handlers s
-    SET status = '{H.RUNNING}', attempts = s.attempts + 1, lease_until = :lease_until,
-        next_attempt_at = NULL, updated_at = :now
+    SET status = '{H.RUNNING}', attempts = s.attempts + 1, lease_until = %(lease_until)s,
+        next_attempt_at = NULL, updated_at = %(now)s
     FROM wanted w
     WHERE s.event_id = w.event_id AND s.handler = w.handler AND (
         s.status = '{H.PENDING}'
-        OR (s.status = '{H.FAILED}' AND s.next_attempt_at <= :now)
-        OR (s.status = '{H.RUNNING}' AND s.lease_until <= :now))
+        OR (s.status = '{H.FAILED}' AND s.next_attempt_at <= %(now)s)
+        OR (s.status = '{H.RUNNING}' AND s.lease_until <= %(now)s))
     RETURNING s.event_id, s.handler, s.status, s.lease_until, s.next_attempt_at, s.attempts,
               s.run, s.max_attempts
 ), claimed AS (
     SELECT * FROM created UNION ALL SELECT * FROM taken
 ), abandoned AS (
     UPDATE handler_attempts a
-    SET status = '{A.ABANDONED}', finished_at = :now, error = :abandoned
+    SET status = '{A.ABANDONED}', finished_at = %(now)s, error = %(abandoned)s
     FROM taken t
     WHERE a.event_id = t.event_id AND a.handler = t.handler AND a.status = '{A.RUNNING}'
 ), started AS (
@@ -332,7 +313,7 @@ WITH wanted AS (
     SELECT c.event_id, c.handler,
            COALESCE((SELECT max(a.number) FROM handler_attempts a
                      WHERE a.event_id = c.event_id AND a.handler = c.handler), 0) + 1,
-           c.run, '{A.RUNNING}', :now
+           c.run, '{A.RUNNING}', %(now)s
     FROM claimed c
     RETURNING id, event_id, handler, number
 ), {_settling("claimed")}
@@ -342,25 +323,21 @@ FROM claimed c JOIN started s ON s.event_id = c.event_id AND s.handler = c.handl
 UNION ALL
 SELECT 'held', h.event_id, h.handler, NULL, NULL, NULL, NULL, NULL, h.lease_until, NULL
 FROM event_handlers h JOIN wanted w ON w.event_id = h.event_id AND w.handler = h.handler
-WHERE h.status = '{H.RUNNING}' AND h.lease_until > :now
+WHERE h.status = '{H.RUNNING}' AND h.lease_until > %(now)s
 UNION ALL
 SELECT 'settled', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, status FROM settled
 ORDER BY 1, 2, 3
-""",
-    max_attempts=_INTS,
-    **_SETTLING_TYPES,
-)
+"""
 
 # Guarded by the claim tokens: a claim that was taken over matches nothing, and its attempt is
 # recorded abandoned (or failed, if it failed). A failure is ``failed`` until the current run's
 # attempts reach its budget, then ``dead``.
-_FINISH = _sql(
-    f"""
+_FINISH = f"""
 WITH outcome AS (
     SELECT * FROM unnest(
-        CAST(:event_ids AS text[]), CAST(:handlers AS text[]), CAST(:runs AS int[]),
-        CAST(:tokens AS int[]), CAST(:attempt_ids AS bigint[]), CAST(:errors AS text[]),
-        CAST(:tracebacks AS text[]), CAST(:retry_at AS timestamptz[]))
+        CAST(%(event_ids)s AS text[]), CAST(%(handlers)s AS text[]), CAST(%(runs)s AS int[]),
+        CAST(%(tokens)s AS int[]), CAST(%(attempt_ids)s AS bigint[]), CAST(%(errors)s AS text[]),
+        CAST(%(tracebacks)s AS text[]), CAST(%(retry_at)s AS timestamptz[]))
         AS o(event_id, handler, run, token, attempt_id, error, traceback, retry_at)
 ), ours AS (
     UPDATE event_handlers s
@@ -372,7 +349,7 @@ WITH outcome AS (
         next_attempt_at = CASE
             WHEN o.error IS NOT NULL AND s.attempts < s.max_attempts THEN o.retry_at
         END,
-        lease_until = NULL, updated_at = :now
+        lease_until = NULL, updated_at = %(now)s
     FROM outcome o
     WHERE s.event_id = o.event_id AND s.handler = o.handler AND s.run = o.run
       AND s.attempts = o.token AND s.status = '{H.RUNNING}'
@@ -384,9 +361,9 @@ SET status = CASE
         WHEN ours.event_id IS NULL THEN '{A.ABANDONED}'
         ELSE '{A.SUCCEEDED}'
     END,
-    error = COALESCE(o.error, CASE WHEN ours.event_id IS NULL THEN :taken_over END),
+    error = COALESCE(o.error, CASE WHEN ours.event_id IS NULL THEN %(taken_over)s END),
     traceback = o.traceback,
-    finished_at = :now
+    finished_at = %(now)s
 FROM outcome o LEFT JOIN ours ON ours.event_id = o.event_id AND ours.handler = o.handler
 WHERE a.id = o.attempt_id
 RETURNING a.event_id, a.handler, a.status, ours.status AS state
@@ -394,31 +371,15 @@ RETURNING a.event_id, a.handler, a.status, ours.status AS state
 SELECT 'attempt' AS kind, event_id, handler, status, state FROM recorded
 UNION ALL
 SELECT 'settled', id, NULL, status, NULL FROM settled
-""",
-    event_ids=_TEXTS,
-    handlers=_TEXTS,
-    runs=_INTS,
-    tokens=_INTS,
-    attempt_ids=_BIGINTS,
-    errors=_TEXTS,
-    tracebacks=_TEXTS,
-    retry_at=_MOMENTS,
-    **_SETTLING_TYPES,
-)
+"""
 
-_RENEW = _sql(
-    f"""
-UPDATE event_handlers s SET lease_until = :lease_until
-FROM unnest(CAST(:event_ids AS text[]), CAST(:handlers AS text[]), CAST(:tokens AS int[]))
+_RENEW = f"""
+UPDATE event_handlers s SET lease_until = %(lease_until)s
+FROM unnest(CAST(%(event_ids)s AS text[]), CAST(%(handlers)s AS text[]), CAST(%(tokens)s AS int[]))
     AS h(event_id, handler, token)
 WHERE s.event_id = h.event_id AND s.handler = h.handler AND s.attempts = h.token
   AND s.status = '{H.RUNNING}'
-""",
-    event_ids=_TEXTS,
-    handlers=_TEXTS,
-    tokens=_INTS,
-    lease_until=_MOMENT,
-)
+"""
 
 
 @dataclass(frozen=True)
@@ -487,6 +448,20 @@ def claim(
     """Lock and load the events, claim every registered handler of theirs that is due (new,
     pending, due for a retry, or under a lease that ran out), and settle their statuses."""
     ids = sorted(set(event_ids))
+    # Both statements go out before either's rows are read: one round trip in pipeline mode.
+    loaded = _run(connection, _LOCK_AND_LOAD, {"ids": ids})
+    rows = _run(
+        connection,
+        _CLAIM,
+        {
+            "ids": ids,
+            "now": now,
+            "lease_until": now + lease,
+            "grace": grace,
+            "abandoned": ABANDONED,
+            **registered.params(),
+        },
+    )
     events = {
         row.id: Event(
             id=row.id,
@@ -495,25 +470,11 @@ def claim(
             payload=payload,
             received_at=row.received_at,
         )
-        for row in connection.execute(_LOCK_AND_LOAD, {"ids": ids})
+        for row in loaded
     }
-    found = sorted(events)
     claims: list[Claim] = []
     held: list[Held] = []
     settled: dict[str, str] = {}
-    if not found:
-        return Claimed(claims, held, set(), settled)
-    rows = connection.execute(
-        _CLAIM,
-        {
-            "ids": found,
-            "now": now,
-            "lease_until": now + lease,
-            "grace": grace,
-            "abandoned": ABANDONED,
-            **registered.params(),
-        },
-    )
     for row in rows:
         if row.kind == "settled":
             settled[row.event_id] = row.status
@@ -539,7 +500,7 @@ def claim(
                     number=row.number,
                 )
             )
-    return Claimed(claims, held, set(found), settled)
+    return Claimed(claims, held, set(events), settled)
 
 
 def finish(
@@ -555,8 +516,9 @@ def finish(
     if not outcomes:
         return FinishedBatch([], {})
     ids = sorted({o.claim.event.id for o in outcomes})
-    connection.execute(_LOCK, {"ids": ids})
-    rows = connection.execute(
+    _run(connection, _LOCK, {"ids": ids})
+    rows = _run(
+        connection,
         _FINISH,
         {
             "event_ids": [o.claim.event.id for o in outcomes],
@@ -602,8 +564,9 @@ def renew_leases(
     """Extend the leases of these (event id, handler, token) claims, if still ours."""
     if not held:
         return
-    connection.execute(_LOCK, {"ids": sorted({event_id for event_id, _, _ in held})})
-    connection.execute(
+    _run(connection, _LOCK, {"ids": sorted({event_id for event_id, _, _ in held})})
+    _run(
+        connection,
         _RENEW,
         {
             "event_ids": [event_id for event_id, _, _ in held],
@@ -616,46 +579,38 @@ def renew_leases(
 
 # --- replay ------------------------------------------------------------------------------------
 
-_START_RUN = _sql(
-    f"""
+_START_RUN = f"""
 WITH chosen AS (
-    SELECT * FROM unnest(CAST(:names AS text[]), CAST(:max_attempts AS int[]))
+    SELECT * FROM unnest(CAST(%(names)s AS text[]), CAST(%(max_attempts)s AS int[]))
         AS c(handler, max_attempts)
 ), created AS (
     INSERT INTO event_handlers (event_id, handler, status, attempts, max_attempts, run,
                                 updated_at)
-    SELECT :event_id, handler, '{H.PENDING}', 0, max_attempts, 1, :now FROM chosen
+    SELECT CAST(%(event_id)s AS text), handler, '{H.PENDING}', 0, max_attempts, 1, %(now)s
+    FROM chosen
     ON CONFLICT DO NOTHING
     RETURNING handler
 ), restarted AS (
     UPDATE event_handlers s
     SET status = '{H.PENDING}', attempts = 0, run = s.run + 1, max_attempts = c.max_attempts,
-        lease_until = NULL, next_attempt_at = NULL, updated_at = :now
+        lease_until = NULL, next_attempt_at = NULL, updated_at = %(now)s
     FROM chosen c
-    WHERE s.event_id = :event_id AND s.handler = c.handler AND s.status <> '{H.RUNNING}'
+    WHERE s.event_id = %(event_id)s AND s.handler = c.handler AND s.status <> '{H.RUNNING}'
     RETURNING s.handler
 )
 SELECT handler FROM created UNION ALL SELECT handler FROM restarted
-""",
-    names=_TEXTS,
-    max_attempts=_INTS,
-    now=_MOMENT,
-)
+"""
 
 # A replayed event awaits hand-off like a new one: the relays are woken when this commits, and
 # the sweep hands it over once due if that fails.
-_AWAIT_HANDOFF = _sql(
-    f"""
+_AWAIT_HANDOFF = f"""
 WITH marked AS (
-    UPDATE events SET status = '{E.RECEIVED}', updated_at = :now, due_at = :due_at
-    WHERE id = :event_id
+    UPDATE events SET status = '{E.RECEIVED}', updated_at = %(now)s, due_at = %(due_at)s
+    WHERE id = %(event_id)s
     RETURNING id
 )
 SELECT pg_notify('{CHANNEL}', '') FROM marked
-""",
-    now=_MOMENT,
-    due_at=_MOMENT,
-)
+"""
 
 
 def start_run(
@@ -670,7 +625,8 @@ def start_run(
     with a fresh attempt budget, attempt numbers carrying on, history kept; the event awaits
     hand-off. Returns the handlers restarted; one still running is not (the caller decides
     whether to go on)."""
-    restarted = connection.execute(
+    restarted = _run(
+        connection,
         _START_RUN,
         {
             "event_id": event_id,
@@ -679,9 +635,7 @@ def start_run(
             "now": now,
         },
     )
-    names = set(restarted.scalars())
+    names = {row.handler for row in restarted}
     if names:
-        connection.execute(
-            _AWAIT_HANDOFF, {"event_id": event_id, "now": now, "due_at": now + grace}
-        )
+        _run(connection, _AWAIT_HANDOFF, {"event_id": event_id, "now": now, "due_at": now + grace})
     return names

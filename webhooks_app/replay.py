@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from webhooks_app import engine, store
 from webhooks_app.config import Settings
+from webhooks_app.database import session_driver
 from webhooks_app.registry import Handler, Registry
 from webhooks_app.store import HandlerStatus, utcnow
 
@@ -93,13 +94,14 @@ def reset_for_replay(
     if only_failed and handler is None:
         chosen = _failed_only(session, event_id, chosen)
 
-    restarted = engine.start_run(
-        session.connection(),
-        event_id,
-        [(h.name, h.max_attempts or settings.default_max_attempts) for h in chosen],
-        now=utcnow(),
-        grace=timedelta(seconds=settings.handoff_grace_seconds),
-    )
+    with session_driver(session) as connection:
+        restarted = engine.start_run(
+            connection,
+            event_id,
+            [(h.name, h.max_attempts or settings.default_max_attempts) for h in chosen],
+            now=utcnow(),
+            grace=timedelta(seconds=settings.handoff_grace_seconds),
+        )
     busy = [h.name for h in chosen if h.name not in restarted]
     if busy:
         raise HandlerBusy(

@@ -5,18 +5,22 @@ intake's pool holds a fixed number of connections."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
+from sqlalchemy import select, text
 
-from webhooks_app import database
+from webhooks_app import database, engine, store
 from webhooks_app.config import Settings
 from webhooks_app.database import Database
 from webhooks_app.errors import DATABASE_ERRORS, database_error
 from webhooks_app.service import Service
+from webhooks_app.store import EventStatus, utcnow
 
 SECRET = "whsec_value_that_must_not_be_logged"
 
@@ -76,3 +80,24 @@ def test_a_delivery_that_waits_too_long_for_a_connection_is_a_503(
     finally:
         db.dispose()
     assert database_error(raised.value).status == 503
+
+
+def test_a_transition_on_a_connection_pinged_after_a_rest_is_committed(
+    service: Service, post_event: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert post_event(msg_id="msg_pinged").status_code == 200
+    # Every checkout pings: the ping must not leave a transaction open around the caller's,
+    # which would then be a savepoint, rolled back when the connection goes back to the pool.
+    monkeypatch.setattr(database, "REST_BEFORE_PING_SECONDS", 0.0)
+    with service.db.begin():
+        pass  # a connection that has been in the pool, and is pinged on its next checkout
+    with service.db.begin() as connection:
+        taken = engine.take_for_handoff(
+            connection, now=utcnow(), limit=10, requeue_after=timedelta(seconds=60)
+        )
+    assert taken == ["msg_pinged"]
+    with service.db.transaction() as session:
+        status = session.scalar(
+            select(store.events.c.status).where(store.events.c.id == "msg_pinged")
+        )
+    assert status == EventStatus.QUEUED

@@ -30,7 +30,7 @@ def test_a_message_whose_connection_was_dropped_is_tried_again_and_handled(
     # failover: the message's first transaction fails on it.
     monkeypatch.setattr(database, "REST_BEFORE_PING_SECONDS", 3600.0)
     with service.db.begin() as connection:
-        dropped = connection.scalar(text("SELECT pg_backend_pid()"))
+        (dropped,) = connection.execute("SELECT pg_backend_pid()").fetchone() or (None,)
     with service.db.engine.connect() as admin:
         assert admin.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": dropped})
     with app.app_context():
@@ -52,7 +52,7 @@ def test_a_message_that_keeps_failing_is_left_to_the_sweep(
     # A real failure each time: the worker's connection gives up waiting for a lock after
     # 50 ms (LockNotAvailable, an OperationalError) while another transaction holds the row.
     with service.db.begin() as connection:
-        connection.execute(text("SET lock_timeout = '50ms'"))
+        connection.execute("SET lock_timeout = '50ms'")
     try:
         with service.db.engine.begin() as holder:
             holder.execute(text("SELECT id FROM events WHERE id = 'msg_locked' FOR UPDATE"))
@@ -60,7 +60,7 @@ def test_a_message_that_keeps_failing_is_left_to_the_sweep(
                 result = tasks.process_events.apply(args=(["msg_locked"],))
     finally:
         with service.db.begin() as connection:
-            connection.execute(text("RESET lock_timeout"))
+            connection.execute("RESET lock_timeout")
     assert result.state == "FAILURE"
     assert isinstance(result.result, sa_exc.OperationalError)
     assert isinstance(result.result.orig, psycopg.errors.LockNotAvailable)
