@@ -236,19 +236,12 @@ def _pipeline_cpu(side: Side) -> dict[str, dict[int, float]]:
         "web": [p for p in side.web.pids() if p not in relay],
         "relay": relay,  # none where the relay is a thread of the worker: counted there
         "worker": side.worker.pids(),
-        "postgres": [POSTGRES],
     }
-    return {part: {p: _cpu_seconds(p) for p in pids} for part, pids in parts.items()}
-
-
-# The PostgreSQL server among a part's processes: all of its processes, those that exited
-# included (a connection opened and closed within a round had a backend whose CPU a count of the
-# database's live backends would miss).
-POSTGRES = 0
-
-
-def _cpu_seconds(pid: int) -> float:
-    return stack.postgres_cpu_seconds() if pid == POSTGRES else stack.cpu_seconds([pid])
+    cpu = {part: {p: stack.cpu_seconds([p]) for p in pids} for part, pids in parts.items()}
+    # The whole server as one entry: its backends that exited within a round (a connection
+    # opened and closed) spent CPU a count of the database's live backends would miss.
+    cpu["postgres"] = {0: stack.postgres_cpu_seconds()}
+    return cpu
 
 
 def _ratios(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:

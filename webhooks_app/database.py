@@ -102,7 +102,7 @@ class Database:
             raise RuntimeError("the database is not configured; call create_app() first")
         fairy = engine.raw_connection()
         try:
-            driver: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
+            driver = _driver(fairy)
             with _as_sqlalchemy_errors(engine, fairy), driver.pipeline(), driver.transaction():
                 yield driver
         finally:
@@ -123,9 +123,8 @@ class Database:
         for attempt in (1, 2):
             fairy = engine.raw_connection()
             try:
-                driver: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
                 with _as_sqlalchemy_errors(engine, fairy, sql):
-                    cursor = driver.execute(sql, params, prepare=True)
+                    cursor = _driver(fairy).execute(sql, params, prepare=True)
                     return cursor.fetchall() if cursor.description is not None else []
             except sa_exc.DBAPIError as exc:
                 if exc.connection_invalidated and attempt == 1:
@@ -148,10 +147,15 @@ def session_driver(session: Session) -> Iterator[psycopg.Connection[Any]]:
     Errors come out as SQLAlchemy's."""
     connection = session.connection()
     fairy = connection.connection
-    driver: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
     # The session owns the connection: it is not invalidated here (its rollback does that).
     with _as_sqlalchemy_errors(connection.engine, fairy, invalidate=False):
-        yield driver
+        yield _driver(fairy)
+
+
+def _driver(fairy: Any) -> psycopg.Connection[Any]:
+    """The psycopg connection under a pooled one."""
+    driver: psycopg.Connection[Any] = fairy.driver_connection
+    return driver
 
 
 @contextmanager
@@ -163,8 +167,7 @@ def _as_sqlalchemy_errors(
     try:
         yield
     except psycopg.Error as exc:
-        driver = fairy.driver_connection
-        disconnected = driver.closed or engine.dialect.is_disconnect(
+        disconnected = _driver(fairy).closed or engine.dialect.is_disconnect(
             exc,  # type: ignore[arg-type]
             fairy,
             None,

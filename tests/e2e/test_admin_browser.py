@@ -49,9 +49,7 @@ def require_chromium() -> None:
 @pytest.fixture
 def server(app: Flask, service_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """gunicorn and a Celery worker on this session's database and Redis; yields the base URL."""
-    env = {
-        **service_env,
-    }
+    env = service_env
     logs = tmp_path / "logs"
     logs.mkdir()
     port = free_port()
