@@ -112,8 +112,10 @@ class Database:
         """Run one statement as its own durable transaction; its rows. The intake's path.
 
         Straight through psycopg on a pooled connection, the statement prepared on the server
-        the first time each connection runs it: SQLAlchemy's execution machinery cost the
-        request about as much CPU again as all the rest of the intake (bench/HISTORY.md).
+        the first time each connection runs it, on a cursor kept with the connection (one made
+        per request was a measurable share of the intake's CPU): SQLAlchemy's execution
+        machinery cost the request about as much CPU again as all the rest of the intake
+        (bench/HISTORY.md).
         Errors come out as SQLAlchemy's, like everywhere else. A connection found dead is
         dropped and the statement tried once more on a new one: run only idempotent statements.
         """
@@ -124,7 +126,8 @@ class Database:
             fairy = engine.raw_connection()
             try:
                 with _as_sqlalchemy_errors(engine, fairy, sql):
-                    cursor = _driver(fairy).execute(sql, params, prepare=True)
+                    cursor = _intake_cursor(fairy)
+                    cursor.execute(sql, params, prepare=True)
                     return cursor.fetchall() if cursor.description is not None else []
             except sa_exc.DBAPIError as exc:
                 if exc.connection_invalidated and attempt == 1:
@@ -156,6 +159,18 @@ def _driver(fairy: Any) -> psycopg.Connection[Any]:
     """The psycopg connection under a pooled one."""
     driver: psycopg.Connection[Any] = fairy.driver_connection
     return driver
+
+
+def _intake_cursor(fairy: Any) -> psycopg.Cursor[Any]:
+    """The intake's cursor of a pooled connection: one per connection, for its lifetime
+    (SQLAlchemy clears ``info`` when it replaces the connection)."""
+    cursor: psycopg.Cursor[Any] | None = fairy.info.get(_INTAKE_CURSOR)
+    if cursor is None:
+        cursor = fairy.info[_INTAKE_CURSOR] = _driver(fairy).cursor()
+    return cursor
+
+
+_INTAKE_CURSOR = "webhooks.intake_cursor"
 
 
 @contextmanager

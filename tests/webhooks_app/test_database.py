@@ -82,6 +82,26 @@ def test_a_delivery_that_waits_too_long_for_a_connection_is_a_503(
     assert database_error(raised.value).status == 503
 
 
+def test_an_intake_connection_killed_under_the_pool_is_replaced_on_the_next_statement(
+    settings: Settings, service: Service
+) -> None:
+    db = Database()
+    db.configure(replace(settings, web_threads=1))
+    try:
+        [(first,)] = db.execute_autocommit("SELECT pg_backend_pid()", {})
+        with service.db.engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        time.sleep(0.2)
+        # The statement meets the dead connection, which is dropped with its cursor; it runs
+        # again on a new connection, and so does the next one.
+        [(second,)] = db.execute_autocommit("SELECT pg_backend_pid()", {})
+        [(third,)] = db.execute_autocommit("SELECT pg_backend_pid()", {})
+    finally:
+        db.dispose()
+    assert second != first
+    assert third == second
+
+
 def test_a_transition_on_a_connection_pinged_after_a_rest_is_committed(
     service: Service, post_event: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
