@@ -616,12 +616,12 @@ SELECT pg_notify('{CHANNEL}', '') FROM marked
 def start_run(
     connection: Connection,
     event_id: str,
-    handlers: Sequence[tuple[str, int]],
+    handlers: Registered,
     *,
     now: datetime,
     grace: timedelta,
 ) -> set[str]:
-    """Start a new run of these (handler, max attempts) of a locked event: each ``pending``
+    """Start a new run of these handlers of a locked event: each ``pending``
     with a fresh attempt budget, attempt numbers carrying on, history kept; the event awaits
     hand-off. Returns the handlers restarted; one still running is not (the caller decides
     whether to go on)."""
@@ -630,8 +630,8 @@ def start_run(
         _START_RUN,
         {
             "event_id": event_id,
-            "names": [name for name, _ in handlers],
-            "max_attempts": [max_attempts for _, max_attempts in handlers],
+            "names": list(handlers.names),
+            "max_attempts": list(handlers.max_attempts),
             "now": now,
         },
     )

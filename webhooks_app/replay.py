@@ -98,7 +98,7 @@ def reset_for_replay(
         restarted = engine.start_run(
             connection,
             event_id,
-            [(h.name, h.max_attempts or settings.default_max_attempts) for h in chosen],
+            engine.Registered.of(chosen, settings.default_max_attempts),
             now=utcnow(),
             grace=timedelta(seconds=settings.handoff_grace_seconds),
         )

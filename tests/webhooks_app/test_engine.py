@@ -40,6 +40,11 @@ REGISTERED = Registered.of(
     [Handler(A, "chat.completion", noop, None), Handler(B, "chat.completion", noop, 2)],
     default_max_attempts=3,
 )
+# A replay's choice: both handlers, their budget the service's default.
+RESTARTED = Registered.of(
+    [Handler(A, "chat.completion", noop, None), Handler(B, "chat.completion", noop, None)],
+    default_max_attempts=4,
+)
 
 
 def new_event(event_id: str, body: bytes | None = None, *, at: datetime | None = None) -> NewEvent:
@@ -316,9 +321,7 @@ def test_start_run_restarts_finished_handlers_and_refuses_running_ones(service: 
     with service.db.begin() as connection:
         finish(connection, Ran(claims[A]))
     with service.db.begin() as connection:
-        restarted = engine.start_run(
-            connection, "e_replay", [(A, 4), (B, 4)], now=utcnow(), grace=GRACE
-        )
+        restarted = engine.start_run(connection, "e_replay", RESTARTED, now=utcnow(), grace=GRACE)
     assert restarted == {A}  # B is still running
     row = state(service, "e_replay", A)
     assert (row.status, row.attempts, row.run, row.max_attempts) == (HandlerStatus.PENDING, 0, 2, 4)
