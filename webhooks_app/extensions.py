@@ -19,6 +19,9 @@ PURGE_TASK = "workers.tasks.purge_expired_events"
 PURGE_INTERVAL_SECONDS = 3600.0
 
 
+EMBEDDED_BROKER_POLL_SECONDS = 0.1
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings: late acks and a short visibility timeout make a killed worker's events
     come back within about a minute; the database, not the broker, prevents a second run."""
@@ -72,6 +75,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # Exchange bindings; Kombu's default is ./control, in the current directory.
             "control_folder": str(queue_dir / "control"),
             "store_processed": False,
+            # How often a worker looks for new messages (Kombu's default: every second, which
+            # would start a delivery's handlers up to a second after it was stored).
+            "polling_interval": EMBEDDED_BROKER_POLL_SECONDS,
         }
     else:
         config["broker_url"] = settings.broker_url

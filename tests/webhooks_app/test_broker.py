@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +107,22 @@ def test_the_transport_is_chosen_for_redis_urls_only(
 ) -> None:
     config = celery_config(Settings(instance_dir=tmp_path, broker_url=url))
     assert config.get("broker_transport") == transport
+
+
+def test_the_embedded_broker_is_polled_often_enough_for_handlers_to_start_at_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    embedded = replace(settings, broker_url="", instance_dir=tmp_path / "instance")
+    assert embedded.uses_embedded_broker
+    config = celery_config(embedded)
+    with Connection(
+        config["broker_url"], transport_options=config["broker_transport_options"]
+    ) as conn:
+        queue = conn.SimpleQueue(f"test-embedded-{uuid.uuid4().hex}")
+        try:
+            queue.put({"n": 1})
+            assert queue.get(timeout=1).payload == {"n": 1}
+            # The consumer's wait between looks at the queue folder (Kombu's default is 1 s).
+            assert conn.transport.polling_interval <= 0.1
+        finally:
+            queue.close()
