@@ -189,7 +189,9 @@ def take_overdue(
 
 @dataclass(frozen=True)
 class Registered:
-    """The worker's handler registry as the statements match it (``"*"``: every type)."""
+    """Handlers as the statements take them (``"*"``: every type), each with its attempt budget,
+    the service's default where the handler names none: the worker's registry for claims, the
+    chosen handlers for a replay."""
 
     types: tuple[str, ...]
     names: tuple[str, ...]
@@ -621,10 +623,10 @@ def start_run(
     now: datetime,
     grace: timedelta,
 ) -> set[str]:
-    """Start a new run of these handlers of a locked event: each ``pending``
-    with a fresh attempt budget, attempt numbers carrying on, history kept; the event awaits
-    hand-off. Returns the handlers restarted; one still running is not (the caller decides
-    whether to go on)."""
+    """Start a new run of these handlers of a locked event: each ``pending`` with a fresh
+    attempt budget, attempt numbers carrying on, history kept; the event awaits hand-off.
+    Returns the handlers restarted; one still running is not (the caller decides whether to go
+    on)."""
     restarted = _run(
         connection,
         _START_RUN,
