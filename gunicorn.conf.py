@@ -12,16 +12,15 @@ import tempfile
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # One process per core: the threads below cover the waits. Twice as many processes only added
-# context switches (intake 2,730-2,980 against 2,980-3,240 req/s on 2 cores; README, "Benchmark").
+# context switches (bench/HISTORY.md).
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 # The worker class (WEB_WORKER_CLASS). gevent, the default: each connection is a greenlet, so a
 # client that sends slowly, or opens connections and sends nothing, costs a socket, not one of a
 # few threads, and a request's head must arrive within `keepalive` seconds or the connection is
 # closed: 16 clients trickling a byte a second leave the service answering (tests/hardening/
-# test_slow_clients.py). gthread keeps a provider's connection alive as gevent does and serves
-# more deliveries per second from the same CPU (README, "Benchmark"), but a slow client holds one
-# of its WEB_THREADS threads for as long as it trickles: only behind a proxy that buffers whole
-# requests before passing them on (README, "Security").
+# test_slow_clients.py). gthread keeps a provider's connection alive as gevent does, but a slow
+# client holds one of its WEB_THREADS threads for as long as it trickles: only behind a proxy
+# that buffers whole requests before passing them on (README, "Security").
 worker_class = os.environ.get("WEB_WORKER_CLASS", "gevent")
 if worker_class not in {"gevent", "gthread"}:
     raise SystemExit("WEB_WORKER_CLASS must be gevent or gthread")
@@ -36,8 +35,8 @@ graceful_timeout = 20
 keepalive = 2
 # Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
 # connections over them by address. With one shared socket, the worker that wakes first accepts
-# whatever arrives at once, and with keep-alive it keeps those connections: 8 connections all on
-# one process served 3,300 req/s where spread they served 6,300 (README, "Benchmark").
+# whatever arrives at once, and with keep-alive it keeps those connections, all on one process:
+# one core's worth of requests (bench/HISTORY.md).
 # WEB_REUSE_PORT=0 goes back to one socket shared by all workers.
 reuse_port = os.environ.get("WEB_REUSE_PORT", "1") != "0"
 # Without it a worker could be forked holding the parent's DB connections.

@@ -141,7 +141,7 @@ class Settings:
     # Dotted payload paths masked in the page and the API; a bare name matches at any depth.
     pii_mask_fields: tuple[str, ...] = DEFAULT_PII_MASK_FIELDS
     event_retention_days: int | None = None  # None: keep events forever
-    # Hand-off and observability (see README, "Benchmark" and "Observability").
+    # Hand-off and observability (see README, "Observability"; bench/HISTORY.md).
     handoff_batch_size: int = 50  # event ids per Celery message, at most
     web_threads: int = 4  # gunicorn threads per web process (gunicorn.conf.py reads it too)
     relay_poll_seconds: float = 1.0  # the outbox relay looks even without a wake-up
